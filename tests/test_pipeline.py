@@ -1,0 +1,97 @@
+"End to end: the CLI runs every stage on a tiny local model, resumes, and refuses to mix changed settings."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+from conftest import run_cli, TINY_SETS, ROOT
+
+ARTIFACTS = ["config.json", "stages.json", "synthesis.jsonl", "heldout.jsonl", "scores.jsonl", "filtered.jsonl", "filtering.png",
+             "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "metrics.jsonl", "training.png",
+             "eval.json", "report.md", "eval.png"]
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    r = run_cli("run", "--model", tiny_model_dir, "--out", out, *TINY_SETS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+def test_run_writes_every_artifact(finished_run):
+    out,r = finished_run
+    for a in ARTIFACTS: assert (out/a).exists(), a
+    assert f"report: {out/'report.md'}" in r.stdout
+    stages = json.loads((out/"stages.json").read_text())
+    assert list(stages) == ["synthesis", "filtering", "distillation", "evaluation"]
+    metrics = [json.loads(l) for l in (out/"metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 4 and all(m["loss"] == m["loss"] and m["loss"] >= 0 for m in metrics)   # finite, non-negative
+    rows = [json.loads(l) for l in (out/"synthesis.jsonl").read_text().splitlines()]
+    assert {"instruction", "rule_id", "rule_title", "tactic", "kind", "generator", "seed"} <= set(rows[0])
+    ev = json.loads((out/"eval.json").read_text())
+    assert {m["row"] for m in ev["metrics"]} == {"base", "oracle", "aligned"}
+    report = (out/"report.md").read_text()
+    assert "distillation" in report and "| suite |" in report
+
+def test_rerun_resumes_without_redoing(finished_run, tiny_model_dir):
+    out,_ = finished_run
+    before = {a: (out/a).read_bytes() for a in ("synthesis.jsonl", "scores.jsonl", "adapter/adapter_model.safetensors")}
+    r = run_cli("run", "--out", out)   # the saved config.json is the starting point
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "every stage is already done" in r.stderr
+    assert all((out/a).read_bytes() == b for a,b in before.items())
+
+def test_changed_setting_is_reported_not_mixed(finished_run):
+    out,_ = finished_run
+    r = run_cli("run", "--out", out, "--lr", "0.5")
+    assert r.returncode == 2
+    assert "settings of stage 'distillation' changed" in r.stderr and "--restart-from distillation" in r.stderr
+    assert "Traceback" not in r.stderr
+
+def test_adapter_reloads_with_peft(finished_run, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    out,_ = finished_run
+    m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out/"adapter")
+    saved = load_file(out/"adapter"/"adapter_model.safetensors")
+    lora_b = [v for k,v in saved.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)   # the adapter was trained
+    x = torch.tensor([[5, 6, 7]])
+    with torch.no_grad(): assert torch.isfinite(m(x).logits).all()
+
+def test_export_verl(finished_run):
+    out,_ = finished_run
+    r = run_cli("export-verl", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from datasets import Dataset
+    ds = Dataset.from_parquet(str(out/"verl"/"train.parquet"))
+    assert {"prompt", "data_source", "teacher_prompt"} <= set(ds.column_names)
+    assert ds[0]["prompt"][0]["role"] == "user" and ds[0]["teacher_prompt"][0]["role"] == "system"
+    assert len(ds) == len((out/"filtered.jsonl").read_text().splitlines())
+
+def _wait_for(path, proc, timeout=600):
+    t = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() - t < timeout
+        time.sleep(0.2)
+
+def test_kill_in_distillation_then_resume_gives_same_adapter(tiny_model_dir, tmp_path, finished_run):
+    "SIGKILL after the first distillation checkpoint; the rerun ends with the adapter of an uninterrupted run."
+    ref,_ = finished_run
+    out = tmp_path/"killed"
+    args = ["run", "--model", tiny_model_dir, "--out", out, *TINY_SETS]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from policyalign.cli import main; sys.exit(main(sys.argv[1:]))", *map(str, args)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(out/"checkpoints"/"step-000002"/"state.json", p)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert not (out/"adapter").exists()
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from step 2" in r.stderr
+    for a in ("synthesis.jsonl", "scores.jsonl", "filtered.jsonl", "metrics.jsonl"):
+        if a == "metrics.jsonl":   # timings differ; every learned number must match
+            strip = lambda p: [{k: v for k,v in json.loads(l).items() if k not in ("seconds", "tokens_per_s")} for l in p.read_text().splitlines()]
+            assert strip(out/a) == strip(ref/a)
+        else: assert (out/a).read_bytes() == (ref/a).read_bytes(), a
+    assert (out/"adapter"/"adapter_model.safetensors").read_bytes() == (ref/"adapter"/"adapter_model.safetensors").read_bytes()
