@@ -150,12 +150,17 @@ def _complete(self:OpenAIGenerator, conversations:list[list[dict]], temperature:
 OpenAIGenerator.complete = _complete
 
 # %% ../nbs/03_synthesis.ipynb #58b0dfd4
+class _QuietServer(ThreadingHTTPServer):
+    "An HTTP server that does not print a traceback when a client gives up (the timeout tests do so on purpose)."
+    daemon_threads = True
+    def handle_error(self, request, client_address): pass
+
 class ChatServer:
     "Serve `generator` over the OpenAI chat-completions protocol on 127.0.0.1; `fault`/`delay` simulate a broken server."
     def __init__(self, generator, port:int=0, fault:str|None=None, delay:float=0.0, fail_first:int=1):
         self.generator,self.fault,self.delay,self.fail_first = generator,fault,delay,fail_first
         self.requests,self.saw_auth,self.lock = 0,False,threading.Lock()   # one generation at a time: torch's RNG is global
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self.httpd = _QuietServer(("127.0.0.1", port), _handler(self))
         self.httpd.daemon_threads = True
 
     @property

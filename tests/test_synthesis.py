@@ -180,7 +180,8 @@ def test_policy_without_rules():
 
 # ---------------------------------------------------------------- seed import
 
-ADV = Path("/work/shared/data/advbench/harmful_behaviors.csv")
+from policyalign.evaluation import data_root
+ADV = data_root()/"advbench"/"harmful_behaviors.csv"
 
 
 @pytest.mark.skipif(not ADV.exists(), reason="AdvBench copy not present")
