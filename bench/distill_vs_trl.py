@@ -1,0 +1,136 @@
+"""One on-policy self-distillation step: policyalign's `distill_step` against TRL's SDFT trainer, alternating A B A B.
+
+Both sides start from the same embedded SmolLM2-135M-Instruct (float32 on CPU, bf16 on CUDA), a fresh LoRA adapter
+(r=16, alpha=32, no dropout, all linear layers), the same 8 requests, the same policy as privileged context, answers of
+exactly `--answer-tokens` tokens (EOS suppressed by `min_new_tokens` on both sides, sampled at temperature 1), the
+student's top-256 support, reverse KL, the base model (adapter off) as a frozen teacher, AdamW (lr 1e-4, wd 0.01),
+gradient clipping at 1.0, no gradient checkpointing and no mixed precision on either side.
+
+Differences that the TRL API does not let us remove (see bench/README.md):
+- TRL puts the privileged context into the last *user* turn (`teacher_prompt_template`); the chat template then adds
+  its default system message. policyalign puts the policy in the *system* message. TRL's teacher prompt is therefore
+  ~15 tokens longer, and, because the policy follows the request, no prefix can be shared between teacher prompts.
+- TRL averages the loss per answer, then over answers; policyalign sums over tokens and divides by the token count
+  (equal here: every answer has the same length).
+- One TRL "step" is what `Trainer.train` does per optimizer step with gradient_accumulation_steps=1:
+  `training_step` (rollout, teacher prompt building, teacher forward, student forward+backward) + clip + AdamW step.
+  Trainer's logging/callback bookkeeping outside `training_step` is not timed.
+
+Prints the per-step times and peak memory of each side, then, last line: `ratio step_time=<x> peak_mem=<y>`
+(policyalign / TRL; medians). Run: `python bench/distill_vs_trl.py [--device cuda] [--answer-tokens 64] [--steps 5]`.
+"""
+from __future__ import annotations
+import argparse, os, sys, tempfile, warnings
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import REQUESTS, load, load_bench_model, median, mib, setup, stable_malloc, timed
+
+
+def policyalign_side(args, policy):
+    from policyalign.distill import DistillConfig, distill_step, make_optimizer
+    from policyalign.policy import Prompter
+    from policyalign.rollout import PolicyPrefix
+    model, tok = load_bench_model(args.device)
+    model.get_base_model().generation_config.min_new_tokens = args.answer_tokens   # fixed answer length
+    cfg = DistillConfig(steps=10_000, batch_size=len(REQUESTS), micro_batch_size=len(REQUESTS), rollout_batch_size=len(REQUESTS),
+                        max_new_tokens=args.answer_tokens, top_k=args.top_k, divergence=args.divergence, teacher="frozen",
+                        lr=1e-4, weight_decay=0.01, max_grad_norm=1.0, prefix_cache=not args.no_prefix_cache, seed=0)
+    opt, sched = make_optimizer(model, cfg)
+    prompter = Prompter(tok, policy)
+    prefix = PolicyPrefix(prompter) if cfg.prefix_cache else None
+    t_p = [prompter.teacher(r) for r in REQUESTS]
+    state = dict(step=0, teacher_len=len(t_p[0]), prefix=f"{len(prefix)} tokens, applies: {prefix.matches(t_p)}" if prefix else "off")
+    def step():
+        m = distill_step(model, tok, prompter, REQUESTS, cfg, opt, sched, state["step"], prefix)
+        state["step"] += 1
+        return m
+    return step, state
+
+
+def trl_side(args, policy):
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+    base, tok = load_bench_model(args.device, lora=False)
+    peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    rows = [{"prompt": [{"role": "user", "content": r}], "privileged_context": policy.system_prompt} for r in REQUESTS]
+    targs = SDFTConfig(output_dir=tempfile.mkdtemp(prefix="sdft-bench-"), per_device_train_batch_size=len(REQUESTS),
+                       gradient_accumulation_steps=1, num_generations=1, max_completion_length=args.answer_tokens,
+                       max_prompt_length=None, temperature=1.0, top_p=1.0, top_k=0,
+                       generation_kwargs={"min_new_tokens": args.answer_tokens},
+                       distillation_mode="topk_logits", distillation_topk=args.top_k, distillation_alpha=1.0,
+                       distillation_add_tail=False, distillation_is_clip=None, teacher_model_kind="base",
+                       learning_rate=1e-4, weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="constant",
+                       gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=args.device == "cpu",
+                       report_to="none", save_strategy="no", shuffle_dataset=False, seed=0, disable_tqdm=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = SDFTTrainer(model=base, args=targs, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                              peft_config=peft_cfg)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
+    trainer.current_gradient_accumulation_steps = 1
+    model = trainer.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    teacher_ids = trainer._tokenize_prompts(trainer.teacher_context_builder.select_generation_prompts(
+        [rows[0]["prompt"]], [rows[0]["privileged_context"]]))[0]
+    state = dict(step=0, teacher_len=len(teacher_ids), trainable=sum(p.numel() for p in params))
+    def step():
+        torch.manual_seed(state["step"])
+        loss = trainer.training_step(model, rows, None)   # rollout + teacher + student fwd/bwd, like Trainer.train
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        trainer.optimizer.step(); trainer.lr_scheduler.step(); trainer.optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        return dict(loss=loss.item(), answer_tokens=trainer._metrics["train"]["completions/mean_length"][-1])
+    return step, state
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--answer-tokens", type=int, default=64)
+    ap.add_argument("--top-k", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=5, help="measured steps per side (after --warmup)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--policy", default="general")
+    ap.add_argument("--divergence", default="topk_reverse_kl_renorm",
+                    help="policyalign divergence; topk_reverse_kl_renorm is TRL's topk_logits objective with add_tail=False")
+    ap.add_argument("--no-prefix-cache", action="store_true")
+    ap.add_argument("--no-trl", action="store_true", help="only run policyalign's side")
+    args = ap.parse_args()
+    if args.device == "cpu": stable_malloc()
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")
+    from policyalign.policy import load_policy
+    policy = load_policy(args.policy)
+
+    sides = {"policyalign": policyalign_side(args, policy)}
+    skip = "--no-trl given" if args.no_trl else None
+    if not skip:
+        try: sides["trl"] = trl_side(args, policy)
+        except ImportError as e: skip = f"TRL's SDFT trainer is not importable ({e}); pip install -e '.[bench]'"
+    if skip: print(f"skipping TRL: {skip}")
+    for name, (_, st) in sides.items(): print(f"{name}: teacher prompt for request 0 = {st['teacher_len']} tokens; prefix cache: {st.get('prefix', 'n/a')}")
+
+    times, peaks = {k: [] for k in sides}, {k: [] for k in sides}
+    for i in range(args.warmup + args.steps):
+        for name, (fn, _) in sides.items():          # A B A B ...
+            m, dt, peak = timed(fn, args.device)
+            tag = "warm-up" if i < args.warmup else "step"
+            print(f"{tag} {i}: {name:11s} {dt:7.2f} s  peak +{mib(peak):>9s}  answer tokens {m['answer_tokens']:.0f}  "
+                  f"loss {m['loss']:.4f}  load {load()}", flush=True)
+            if i >= args.warmup: times[name].append(dt); peaks[name].append(peak)
+
+    for name in sides:
+        print(f"{name}: median step {median(times[name]):.2f} s, median peak +{mib(median(peaks[name]))} "
+              f"({args.steps} steps, {len(REQUESTS)} requests x {args.answer_tokens} answer tokens)")
+    print(f"load average at end: {load()}")
+    if "trl" in sides:
+        pairs = [a / b for a, b in zip(times["policyalign"], times["trl"])]
+        print(f"per-pair time ratios: {' '.join(f'{r:.2f}' for r in pairs)}")
+        print(f"ratio step_time={median(times['policyalign']) / median(times['trl']):.3f} "
+              f"peak_mem={median(peaks['policyalign']) / median(peaks['trl']):.3f}")
+
+
+if __name__ == "__main__":
+    main()

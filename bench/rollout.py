@@ -1,0 +1,62 @@
+"""Rollout throughput: `policyalign.models.generate` with batch_size=8 against one request at a time.
+
+Both variants sample answers for the same 8 student prompts (no policy), temperature 1, exactly `--answer-tokens`
+new tokens each (EOS suppressed with `min_new_tokens`, so both produce the same number of tokens). Throughput is
+answer tokens per second of wall time; the variants alternate A B A B. Then, if vLLM is importable and CUDA is
+available, the same prompts go through a vLLM engine (`--vllm`); otherwise a line says why that path is skipped.
+Last line: `ratio tokens_per_s batched/sequential=<x>`. Run: `python bench/rollout.py [--device cuda] [--answer-tokens 32]`.
+"""
+from __future__ import annotations
+import argparse, importlib.util, os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import REQUESTS, load, load_bench_model, median, setup, timed
+
+
+def vllm_path(args, prompts):
+    import torch
+    if importlib.util.find_spec("vllm") is None: return print("vLLM rollout backend: skipped (vllm is not installed)")
+    if not torch.cuda.is_available(): return print("vLLM rollout backend: skipped (no CUDA device)")
+    if not args.vllm: return print("vLLM rollout backend: skipped (pass --vllm to start an engine)")
+    from vllm import LLM, SamplingParams
+    from policyalign.models import embedded_model_dir
+    llm = LLM(model=str(embedded_model_dir()), dtype="bfloat16", gpu_memory_utilization=0.3)
+    sp = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.answer_tokens, min_tokens=args.answer_tokens, seed=0)
+    run = lambda: llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    run()
+    out, dt, _ = timed(run, "cuda")
+    n = sum(len(o.outputs[0].token_ids) for o in out)
+    print(f"vLLM rollout backend: {n / dt:.0f} tokens/s ({n} tokens in {dt:.2f} s)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--answer-tokens", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=2, help="measured A/B pairs after one warm-up pair")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--vllm", action="store_true", help="also time a vLLM engine when vLLM and CUDA are present")
+    args = ap.parse_args()
+    print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")
+    from policyalign.models import generate
+    from policyalign.policy import Prompter, load_policy
+    model, tok = load_bench_model(args.device)
+    model.eval()
+    model.get_base_model().generation_config.min_new_tokens = args.answer_tokens
+    prompts = [Prompter(tok, load_policy("general")).student(r) for r in REQUESTS]
+    variants = {"batched (8)": 8, "one at a time": 1}
+    tps = {k: [] for k in variants}
+    for i in range(1 + args.reps):
+        for name, bs in variants.items():
+            g, dt, _ = timed(lambda: generate(model, tok, prompts, max_new_tokens=args.answer_tokens, temperature=1.0,
+                                              seed=i, batch_size=bs), args.device)
+            n = sum(map(len, g.answer_ids))
+            print(f"{'warm-up' if i == 0 else 'rep ' + str(i)}: {name:14s} {n} tokens in {dt:6.2f} s = {n / dt:6.1f} tokens/s  load {load()}", flush=True)
+            if i: tps[name].append(n / dt)
+    vllm_path(args, prompts)
+    print(f"load average at end: {load()}")
+    print(f"ratio tokens_per_s batched/sequential={median(tps['batched (8)']) / median(tps['one at a time']):.2f} "
+          f"({median(tps['batched (8)']):.1f} vs {median(tps['one at a time']):.1f} tokens/s)")
+
+
+if __name__ == "__main__":
+    main()
