@@ -4,7 +4,8 @@
 
 # %% ../nbs/08_plots.ipynb #384c65fc
 from __future__ import annotations
-import os, tempfile
+import os
+from .core import atomic_write
 from pathlib import Path
 
 # %% auto #0
@@ -12,18 +13,9 @@ __all__ = ['save_figure', 'plot_eval', 'plot_groups']
 
 # %% ../nbs/08_plots.ipynb #878648f3
 def save_figure(fig, path, dpi:int=120) -> Path:
-    "Save `fig` as a PNG at `path` atomically: written to a temporary file in the same folder, then renamed."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd,tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-    return path
+    "Save `fig` as a PNG at `path` atomically (`policyalign.core.atomic_write`): a crash never leaves half an image."
+    with atomic_write(path, "wb") as f: fig.savefig(f, dpi=dpi, bbox_inches="tight", format="png")
+    return Path(path)
 
 # %% ../nbs/08_plots.ipynb #12884ab6
 ROW_COLORS = {"base": "#9e9e9e", "oracle": "#4c72b0", "aligned": "#dd8452"}
