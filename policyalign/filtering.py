@@ -162,13 +162,13 @@ def select_sensitive(rows:list[dict], cfg:FilterConfig|None=None) -> list[dict]:
 def filter_requests(model, tok, policy:Policy, rows:list[dict], cfg:FilterConfig|None=None, out_dir=None, progress:bool=True):
     "Score synthesis `rows` (dicts with `instruction`), select the harmful ones to train on; write scores.jsonl and filtered.jsonl."
     cfg = cfg or FilterConfig()
+    if cfg.score == "flip": raise PolicyAlignError("the flip score needs a judge", "call flip_scores(model, tok, policy, requests, judge) and add it to the rows")
     rows = list(rows)
     if not rows: raise PolicyAlignError("the input set is empty", "run synthesis first (synthesis.jsonl has no rows)")
     if "instruction" not in rows[0]: raise PolicyAlignError(f"rows have no 'instruction' column (columns: {sorted(rows[0])})",
                                                            "pass the rows written by synthesis (synthesis.jsonl)")
     cache = Path(out_dir)/"score_cache.jsonl" if out_dir else None
     scores = score_requests(model, tok, policy, [r["instruction"] for r in rows], cfg, cache, progress)
-    if cfg.score == "flip": raise PolicyAlignError("the flip score needs a judge", "call flip_scores(model, tok, policy, requests, judge) and add it to the rows")
     scored = [{**r, **{k: v for k,v in s.items() if k not in ("key", "request")}, "request": r["instruction"]} for r,s in zip(rows, scores)]
     kept = select_sensitive(scored, cfg)
     ids = {id(r) for r in kept}

@@ -218,7 +218,7 @@ def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temper
 # %% ../nbs/02_models.ipynb #7be90dc0
 def chat(model, tok, requests:list[str], policy:Policy|None=None, max_new_tokens:int=128, temperature:float=0.0, **kw) -> list[str]:
     "Answer `requests` (greedy by default), with the policy as system message when one is given."
-    pr = Prompter(tok, policy or Policy.parse("1. None: no rule", name="none"))
+    pr = Prompter(tok, policy)
     prompts = [pr.ids(r, with_policy=policy is not None) for r in requests]
     return generate(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature, **kw).texts
 

@@ -185,16 +185,17 @@ def template_default_system(tok) -> str:
 class Prompter:
     "Builds the student's prompt (no policy) and the teacher's (policy as system message) for one tokenizer."
     tokenizer: object
-    policy: Policy
+    policy: Policy|None = None       # None: student prompts only
     student_system: str|None = None  # None: keep whatever the chat template does without a system message
 
     def __post_init__(self):
         self.system_ok = _system_support(self.tokenizer)
-        if not self.system_ok:
+        if not self.system_ok and self.policy is not None:
             warnings.warn("this chat template has no system role: the policy goes at the start of the first user turn")
 
     def messages(self, request:str, with_policy:bool) -> list[dict]:
         "The chat messages for `request`, with or without the policy."
+        if with_policy and self.policy is None: raise PolicyAlignError("this Prompter has no policy", "pass a Policy to build teacher prompts")
         if with_policy and not self.system_ok:
             return [{"role":"user","content":f"{self.policy.system_prompt}\n\n{request}"}]
         sys = self.policy.system_prompt if with_policy else self.student_system

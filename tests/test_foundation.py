@@ -61,3 +61,8 @@ def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):
     with pytest.raises(PolicyAlignError, match="no safetensors weights"): load_model(ModelConfig(str(tmp_path)))
     m,_ = load_model(ModelConfig(str(tmp_path), allow_pickle=True))
     assert m is not None
+
+def test_prompter_without_policy_builds_student_prompts_only(smol_tok):
+    pr = Prompter(smol_tok)
+    assert "SmolLM" in pr.text("hello", False)
+    with pytest.raises(PolicyAlignError, match="no policy"): pr.teacher("hello")
