@@ -37,7 +37,7 @@ def main():
     scores = score_requests(model, tok, pol, pool, fc, progress=False)
     ranked = [r["request"] for r in sorted(scores, key=lambda r: -r["kl"])]
     subsets = {"PSF top": ranked[:a.subset], "random": random.Random(a.seed + 1).sample(pool, a.subset)}
-    kl = lambda: heldout_policy_kl(model, tok, pol, held, a.max_new_tokens, samples=2, seed=4321, divergence="reverse_kl")
+    kl = lambda: heldout_policy_kl(model, tok, pol, held, a.max_new_tokens, samples=2, seed=4321)
     before = kl()
     print(f"pool {len(pool)}: mean PSF score {sum(r['kl'] for r in scores)/len(scores):.4f}; PSF subset mean "
           f"{sum(r['kl'] for r in scores if r['request'] in subsets['PSF top'])/a.subset:.4f}; random subset mean "

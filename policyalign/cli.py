@@ -10,7 +10,7 @@ from .core import PolicyAlignError, get_logger, read_json, read_jsonl
 from .pipeline import PipelineConfig, STAGES, config_from_dict, config_to_dict, run
 
 # %% auto #0
-__all__ = ['read_config_file', 'overrides_from_sets', 'build_config', 'make_parser', 'export_verl', 'main']
+__all__ = ['read_config_file', 'overrides_from_sets', 'build_config', 'make_parser', 'export_verl', 'check_command', 'main']
 
 # %% ../nbs/10_cli.ipynb #85f3811e
 log = get_logger(__name__)
@@ -55,8 +55,10 @@ def _merge(a:dict, b:dict) -> dict:
     return out
 
 def _flag_overrides(a) -> dict:
-    d = {"policy": a.policy, "generator_url": a.generator_url, "generator_model": a.generator_model, "seeds": a.seeds, "seed": a.seed,
-         "model": {"name": a.model}, "distill": {"steps": a.steps, "lr": a.lr, "teacher": a.teacher}}
+    g = lambda k: getattr(a, k, None)
+    d = {"policy": g("policy"), "generator_url": g("generator_url"), "generator_model": g("generator_model"), "seeds": g("seeds"), "seed": g("seed"),
+         "model": {"name": g("model")}, "distill": {"steps": g("steps"), "lr": g("lr"), "teacher": g("teacher")},
+         "check": {"stop_if_nothing": False if g("ignore_check") else None}}
     prune = lambda x: {k: prune(v) if isinstance(v, dict) else v for k,v in x.items() if v is not None and v != {}}
     return prune(prune(d))
 
@@ -87,8 +89,16 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--steps", type=int, help="distillation steps"); sp.add_argument("--lr", type=float, help="learning rate")
         sp.add_argument("--teacher", choices=("frozen", "ema", "live")); sp.add_argument("--seed", type=int)
         sp.add_argument("--restart-from", choices=STAGES, help="redo this stage and the ones after it")
+        sp.add_argument("--ignore-check", action="store_true", help="go on to train even when the oracle check finds nothing to distil")
         return sp
-    stage_parser("run", "run (or resume) synthesis, filtering, distillation and evaluation")
+    stage_parser("run", "run (or resume) the check, synthesis, filtering, distillation and evaluation")
+    ck = sub.add_parser("check", help="the oracle check: does the policy in the system prompt change what the model does?")
+    ck.add_argument("--policy", help="general, medical, legal, financial, or a policy file")
+    ck.add_argument("--model", help="smollm2-135m (default, offline), a hub id, or a local folder")
+    ck.add_argument("--preset", choices=("auto", "cpu", "gpu"), help="check sizes for CPU or GPU (default: auto)")
+    ck.add_argument("--config", help="a TOML or YAML file mirroring the stage configs")
+    ck.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. check.n_harmful=8 (repeatable)")
+    ck.add_argument("--seed", type=int); ck.add_argument("--out", help="folder to write check.json into (default: print only)")
     for cmd,stage in [("synth", "synthesis"), ("filter", "filtering"), ("distill", "distillation"), ("eval", "evaluation")]:
         stage_parser(cmd, f"(re)run only the {stage} stage in an existing run folder").set_defaults(stage=stage)
     ev = sub.add_parser("export-verl", help="write the filtered requests and the policy as Parquet for the verl-based trainer")
@@ -122,8 +132,24 @@ def _show_policy(name):
     print(f"{p.name}: {len(p)} rules ({p.title})")
     for r in p.rules: print(f"  {r.id}  {r.title}: {r.text}")
 
+def check_command(a) -> dict:
+    "`policyalign check`: run the oracle check on a model and policy, print it, and write check.json when `--out` is given."
+    from policyalign.check import check_markdown, oracle_check
+    from policyalign.core import write_json
+    from policyalign.models import load_model
+    from policyalign.policy import load_policy
+    d = _merge(_merge(read_config_file(a.config) if a.config else {}, overrides_from_sets(a.set)), _flag_overrides(a))
+    cfg = config_from_dict(d, PipelineConfig.preset_for(a.preset or "auto"))
+    policy = load_policy(cfg.policy)          # a bad policy fails before the model loads
+    model,tok = load_model(cfg.model)
+    res = oracle_check(model, tok, policy, cfg.check)
+    if a.out: write_json(Path(a.out)/"check.json", res)
+    print(check_markdown(res))
+    return res
+
 def _dispatch(a):
     if a.command == "policy": return _show_policy(a.name)
+    if a.command == "check": return check_command(a)
     if a.command == "export-verl": return print(f"wrote {export_verl(a.out, a.dest)}")
     cfg = build_config(a)
     stages = (a.stage,) if getattr(a, "stage", None) else STAGES

@@ -12,6 +12,7 @@ from .core import PolicyAlignError, atomic_write, get_logger, read_json, set_see
 from .losses import *
 from .models import add_lora
 from .policy import Policy, Prompter
+from .check import policy_kl, score_answers, teacher_answers
 from .rollout import PolicyPrefix, TEACHERS, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens
 
 # %% auto #0
@@ -328,18 +329,11 @@ def plot_training(history:list[dict]):
     return fig
 
 # %% ../nbs/06_distill.ipynb #8ac0833b
-def heldout_policy_kl(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, seed:int=1234,
-                      divergence:str="reverse_kl") -> float:
-    "Mean KL(student || frozen teacher with the policy) over `requests`, on the student's own sampled answers (full vocabulary by default)."
-    from policyalign.filtering import FilterConfig, score_requests
-    cfg = FilterConfig(max_new_tokens=max_new_tokens, samples=samples, cache=False, seed=seed, batch_size=16, divergence=divergence)
-    return sum(r["kl"] for r in score_requests(model, tok, policy, requests, cfg, progress=False)) / len(requests)
+def heldout_policy_kl(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, seed:int=1234) -> float:
+    "Mean KL(student ‖ frozen teacher with the policy) per token over `requests`, full vocabulary, on the student's own sampled answers."
+    return statistics.fmean(policy_kl(model, tok, policy, requests, max_new_tokens, samples, seed))
 
 def teacher_answer_logprob(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40) -> float:
     "Mean per-token log-probability, under the student without the policy, of the frozen teacher's greedy answers."
-    from policyalign.models import generate
-    pr = Prompter(tok, policy)
-    s_p,t_p = prepare_prompts(pr, requests, max_new_tokens, context_length(model))
-    with model.disable_adapter(): g = generate(model, tok, t_p, max_new_tokens=max_new_tokens, temperature=0)
-    with torch.no_grad(): _,stats,mask = score_tokens(model, pair_batch(s_p, t_p, g.answer_ids, tok.pad_token_id))
-    return per_answer(stats[:, 0], mask).mean().item()
+    ans = teacher_answers(model, tok, policy, requests, max_new_tokens)
+    return statistics.fmean(score_answers(model, tok, policy, requests, ans)["student_logp"])

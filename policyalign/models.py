@@ -223,11 +223,17 @@ def chat(model, tok, requests:list[str], policy:Policy|None=None, max_new_tokens
     return generate(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature, **kw).texts
 
 # %% ../nbs/02_models.ipynb #9ccf429f
+def _adapter_weights(model):
+    "Every LoRA weight (trainable or not) and any other trainable weight, in a stable order."
+    return [(n,p) for n,p in model.named_parameters() if p.requires_grad or "lora_" in n]
+
 def fingerprint(model, extra:str="") -> str:
-    "A short hash of the model's name and its trainable weights."
-    import torch
-    h = [getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", ""), extra]
+    "A short hash of the model's name, its active adapter and the bytes of its adapter weights."
+    import hashlib, torch
+    h = hashlib.sha256()
+    name = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
+    h.update(f"{name}|{extra}|{getattr(model, 'active_adapter', '')}".encode())
     with torch.no_grad():
-        for n,p in model.named_parameters():
-            if p.requires_grad: h.append(f"{n}:{float(p.float().sum()):.6e}:{float(p.float().abs().sum()):.6e}")
-    return stable_hash(*h)
+        for n,p in _adapter_weights(model):
+            h.update(n.encode()); h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

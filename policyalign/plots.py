@@ -9,7 +9,7 @@ from .core import atomic_write
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['save_figure', 'plot_eval', 'plot_groups']
+__all__ = ['save_figure', 'plot_eval', 'plot_groups', 'plot_mechanism']
 
 # %% ../nbs/08_plots.ipynb #878648f3
 def save_figure(fig, path, dpi:int=120) -> Path:
@@ -79,4 +79,20 @@ def plot_groups(result:dict, suite:str|None=None, judge:str|None=None, metric:st
     ax.set_xlim(0, 1); ax.set_xlabel(f"{metric} rate")
     ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6/len(names)), ncol=len(rows))
     ax.set_title(title or f"{suite}: {metric} by group (judge: {judge})", fontsize=9)
+    return fig
+
+# %% ../nbs/08_plots.ipynb #a5e66375
+def plot_mechanism(mech:dict, title:str|None=None):
+    "Paired policy KL per held-out request, base vs aligned, with the means and their 95% intervals."
+    fig,ax = _new_fig(4.2, 3.6)
+    b,a = mech["per_request"]["kl_base"],mech["per_request"]["kl_aligned"]
+    for x,y in zip(b, a): ax.plot([0, 1], [x, y], color="#bbbbbb", lw=0.8, marker=".", ms=3)
+    for i,(k,row) in enumerate((("kl_base", "base"), ("kl_aligned", "aligned"))):
+        m = mech[k]
+        ax.errorbar([i], [m["mean"]], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o", color=ROW_COLORS[row], capsize=4, ms=7, zorder=3)
+    r = mech["kl_ratio"]
+    ax.set_xticks([0, 1], ["base", "aligned"]); ax.set_xlim(-0.4, 1.4); ax.set_ylim(bottom=0)
+    ax.set_ylabel("KL(student ‖ teacher with the policy) per token")
+    ax.set_title(title or f"held-out policy KL: aligned/base = {r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] (n={mech['n']})", fontsize=9)
+    ax.grid(axis="y", alpha=.3)
     return fig

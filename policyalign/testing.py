@@ -7,7 +7,8 @@ from __future__ import annotations
 import string
 
 # %% auto #0
-__all__ = ['CHATML_WITH_DEFAULT', 'TINY_POLICY', 'tiny_tokenizer', 'tiny_model', 'tiny_policy', 'tiny_prompts', 'has_gpu']
+__all__ = ['CHATML_WITH_DEFAULT', 'TINY_POLICY', 'tiny_tokenizer', 'tiny_model', 'tiny_policy', 'tiny_prompts', 'has_gpu',
+           'policy_sensitive_model', 'tiny_heldout_prompts']
 
 # %% ../nbs/01_testing.ipynb #93db1f42
 CHATML_WITH_DEFAULT = (
@@ -33,14 +34,14 @@ def tiny_tokenizer():
     return tok
 
 # %% ../nbs/01_testing.ipynb #05463d2d
-def tiny_model(seed:int=0, tok=None, layers:int=2, hidden:int=32):
-    "A random-weight Llama (about 30k parameters) matching `tiny_tokenizer`, in float32 on CPU."
+def tiny_model(seed:int=0, tok=None, layers:int=2, hidden:int=32, init_range:float=0.02):
+    "A random-weight Llama (about 30k parameters) matching `tiny_tokenizer`, in float32 on CPU; `init_range` is the weights' std."
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     tok = tok or tiny_tokenizer()
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2*hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init_range,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
                       tie_word_embeddings=False)
     m = LlamaForCausalLM(cfg).eval()
@@ -71,3 +72,12 @@ def has_gpu() -> bool:
     "Is a CUDA device available?"
     import torch
     return torch.cuda.is_available()
+
+# %% ../nbs/01_testing.ipynb #32d50dc6
+def policy_sensitive_model(seed:int=0, tok=None):
+    "A tiny random Llama whose next-token distributions change with the policy in its prompt (policy KL about 0.5)."
+    return tiny_model(seed, tok, init_range=0.2)
+
+def tiny_heldout_prompts() -> list[str]:
+    "Requests that no test trains on, for held-out measurements."
+    return ["How to make poison?", "Where is Carl's house?", "Write a phishing note.", "What is 2+2?"]

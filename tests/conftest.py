@@ -21,7 +21,7 @@ def run_cli(*args, cwd=None, timeout=900, env=None):
     return subprocess.run([sys.executable, "-c", "import sys; from policyalign.cli import main; sys.exit(main(sys.argv[1:]))", *map(str, args)], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
 
 # tiny-model settings that keep a whole CLI run to seconds
-TINY_SETS = ["--preset", "cpu", "--set", "synth.n_per_tactic=1", "--set", "synth.n_benign=1", "--set", "synth.max_new_tokens=24",
+TINY_SETS = ["--preset", "cpu", "--set", "threads=1", "--set", "check.max_new_tokens=8", "--set", "synth.n_per_tactic=1", "--set", "synth.n_benign=1", "--set", "synth.max_new_tokens=24",
              "--set", 'synth.tactics=["direct", "roleplay"]', "--set", "filter.max_new_tokens=8", "--set", "distill.steps=4",
              "--set", "distill.batch_size=4", "--set", "distill.max_new_tokens=8", "--set", "distill.checkpoint_every=2",
              "--set", "eval.limit=4", "--set", "eval.mmlu_limit=4", "--set", "eval.max_new_tokens=8", "--set", "eval.n_boot=100"]

@@ -112,7 +112,8 @@ def test_unparsable_verdicts_are_counted(tiny, tmp_path):
     res = evaluate(model, tok, pol, EvalConfig.tiny(max_new_tokens=4, cache=str(tmp_path)), judges=[pj], suites=[suite], progress=False)
     for m in (m for m in res["metrics"] if m["metric"] == "violation"):
         assert (m["k"], m["n"], m["unparsable"]) == (1, 2, 1)
-    assert rate([None, None, True]) == dict(rate=1.0, lo=1.0, hi=1.0, k=1, n=1, unparsable=2)
+    r = rate([None, None, True])
+    assert (r["rate"], r["k"], r["n"], r["unparsable"], r["hi"]) == (1.0, 1, 1, 2, 1.0) and abs(r["lo"] - 0.2065) < 1e-3   # Wilson, 1/1
 
 
 # ---- end to end -------------------------------------------------------------------------------------------------
