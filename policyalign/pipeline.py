@@ -256,7 +256,7 @@ def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, 
         if todo: _check_fits(cfg, policy, model, tok)
         if todo and "distillation" in state: _restore_adapter(model, out)
         for s in todo:
-            if s != "check": _gate(cfg, state, todo)
+            if s == next((x for x in todo if x != "check"), None): _gate(cfg, state, todo)   # once, before the first training-side stage
             t0 = time.perf_counter()
             summary = STAGE_FUNCS[s](cfg, policy, model, tok, out)
             summary["seconds"] = round(time.perf_counter() - t0, 1)
