@@ -11,7 +11,6 @@ from .core import PolicyAlignError, cache_dir, get_logger, read_json, read_jsonl
 from .policy import Policy, Prompter
 from .refusal import answer_kind
 from .models import fingerprint, generate
-from .rollout import _lm_parts
 from .stats import mean_ci, paired_gap, rate, ratio_ci
 from .check import policy_kl, prescribed_logprob, score_answers, teacher_answers
 from .plots import plot_eval, plot_groups, plot_mechanism, save_figure
@@ -577,14 +576,12 @@ def choice_correct(model, tok, policy:Policy, items:list[dict], row:str, batch_s
     letters = [l[0] for l in letters]
     pr,out = Prompter(tok, policy),[]
     dev = next(model.parameters()).device
-    dec,head = _lm_parts(model)
     with row_context(model, row), torch.no_grad():
         for i in range(0, len(items), batch_size):
             b = items[i:i+batch_size]
             enc = tok.pad({"input_ids": [pr.ids(mc_prompt(it), ROWS[row]["policy"]) for it in b]}, padding=True, return_tensors="pt").to(dev)
             pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-            last = dec(**enc, position_ids=pos).last_hidden_state[:, -1]
-            logits = head(last)[:, letters]  # (bs, 4): one position, not the whole prompt, through the head
+            logits = model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1, letters]   # (bs, 4): the head runs on the last position only
             out += [int(p) == it["answer"] for p,it in zip(logits.argmax(-1).tolist(), b)]
     return out
 

@@ -53,7 +53,7 @@ def plot_eval(result:dict, judge:str|None=None, metrics:tuple=("violation", "ref
     name = lambda s,m: "over-refusal" if m == "refusal" and kinds.get(s) == "benign" else m
     ax.set_xticks(range(len(groups)), [f"{s}\n{name(s, m)}" for s,m in groups], fontsize=8)
     ax.set_ylim(0, 1.05); ax.set_ylabel("rate"); ax.legend(fontsize=8, frameon=False)
-    ax.set_title(title or f"evaluation (judge: {judge}; bars: 95% bootstrap intervals)", fontsize=9)
+    ax.set_title(title or f"evaluation (judge: {judge}; bars: 95% Wilson intervals)", fontsize=9)
     ax.grid(axis="y", alpha=.3)
     return fig
 
