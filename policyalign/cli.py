@@ -58,7 +58,8 @@ def _flag_overrides(a) -> dict:
     g = lambda k: getattr(a, k, None)
     d = {"policy": g("policy"), "generator_url": g("generator_url"), "generator_model": g("generator_model"), "seeds": g("seeds"), "seed": g("seed"),
          "model": {"name": g("model")}, "distill": {"steps": g("steps"), "lr": g("lr"), "teacher": g("teacher")},
-         "check": {"stop_if_nothing": False if g("ignore_check") else None}}
+         "check": {"stop_if_nothing": False if g("ignore_check") else None},
+         "synth": {"source": "generator" if g("generator_url") else None}}     # an endpoint given is an endpoint to use
     prune = lambda x: {k: prune(v) if isinstance(v, dict) else v for k,v in x.items() if v is not None and v != {}}
     return prune(prune(d))
 

@@ -109,8 +109,13 @@ def _parse(cls, text:str, name:str="custom", domain:str="general") -> Policy:
     pos = _rule_positions(blocks)
     if not pos: raise PolicyAlignError(f"no rules found in policy {name!r}", _SHAPES)
     title,pre,rules,post = _split(blocks, pos)
-    rules = tuple(Rule(f"R{i}", t, x or t) for i,(t,x) in enumerate(rules, 1))
+    rules = tuple(Rule(f"R{i}", _rule_title(t, x), x or t) for i,(t,x) in enumerate(rules, 1))
     return cls(name, rules, title, "\n\n".join(pre), "\n\n".join(post), domain)
+
+def _rule_title(title:str, text:str) -> str:
+    "A title that renders back to itself: no label separators or markup around it, and 'Rule' when nothing is left."
+    t = re.sub(r"\s*[:—–]+\s*", " - ", _squash(title)).strip(" -*")
+    return t or "Rule"
 Policy.parse = _parse
 
 # %% ../nbs/00_policy.ipynb #d28e198d

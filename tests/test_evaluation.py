@@ -132,7 +132,7 @@ def test_tiny_evaluation_writes_report(tiny, tmp_path):
     assert (run/"eval.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in run.iterdir() if p.name.startswith(".")]          # no temporary files left behind
     saved = read_json(run/"eval.json")
-    assert saved["suites"]["strongreject"]["n"] == 4 and saved["judges"] == {"refusal": "1"}
+    assert saved["suites"]["strongreject"]["n"] == 4 and set(saved["judges"]) == {"refusal"} and saved["judges"]["refusal"].startswith("2-")   # version 2: echo-aware, keyed by the policy
     assert {m["row"] for m in saved["metrics"]} == {"base", "oracle", "aligned"}
     assert all(m["lo"] <= m["rate"] <= m["hi"] for m in saved["metrics"])
     assert len(saved["gap_closed"]) >= 1 and "| strongreject | violation | refusal |" in (run/"report.md").read_text()

@@ -164,9 +164,9 @@ class _Useless:
 def test_nothing_usable():
     with pytest.warns(UserWarning, match="24 rule/tactic pairs"):
         ds = synthesize(tiny_policy(), _Useless(), SynthConfig.tiny())
-    assert set(ds["generator"]) == {"template"} and set(ds["rule_id"]) == {"R1", "R2", "R3"}
+    assert set(ds["generator"]) == {"policy-text"} and set(ds["rule_id"]) == {"R1", "R2", "R3"}
     with pytest.raises(PolicyAlignError, match="no usable requests"):
-        synthesize(tiny_policy(), _Useless(), SynthConfig.tiny(template_fallback=False))
+        synthesize(tiny_policy(), _Useless(), SynthConfig.tiny(fallback=False))
 
 
 @pytest.mark.parametrize("kw", [dict(n_per_tactic=0), dict(n_per_tactic=-1), dict(n_benign=-1), dict(tactics=()),
