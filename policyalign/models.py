@@ -29,10 +29,14 @@ def _convert_gguf(src:Path, fname:str, dest:Path):
     if hasattr(cfg, "quantization_config"): del cfg.quantization_config
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)  # a plain model can be saved; the GGUF one cannot
     model.load_state_dict(gm.state_dict())
-    tmp = dest.with_name(dest.name + ".tmp")
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")   # one per process: parallel test workers may convert at once
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True); os.replace(tmp, dest)  # atomic: a half conversion is never reused
+    if not (dest/"model.safetensors").exists(): shutil.rmtree(dest, ignore_errors=True)   # a stale, incomplete folder
+    try: os.replace(tmp, dest)                                 # atomic: a half conversion is never reused
+    except OSError:                                            # another process finished first: use its folder
+        if not (dest/"model.safetensors").exists(): raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 def embedded_model_dir(name:str="smollm2-135m") -> Path:
     "Folder of the embedded model as safetensors, converted from its GGUF file on first use."

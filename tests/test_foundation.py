@@ -1,4 +1,5 @@
 "The policy and model layers against the real embedded tokenizer, and the foundation's bad inputs."
+import os
 import pytest, torch
 from policyalign.core import PolicyAlignError
 from policyalign.policy import BUILTIN_POLICIES, Policy, Prompter, load_policy, template_default_system
@@ -66,3 +67,14 @@ def test_prompter_without_policy_builds_student_prompts_only(smol_tok):
     pr = Prompter(smol_tok)
     assert "SmolLM" in pr.text("hello", False)
     with pytest.raises(PolicyAlignError, match="no policy"): pr.teacher("hello")
+
+def test_embedded_model_converts_safely_in_two_processes_at_once(tmp_path):
+    "A fresh machine's parallel test workers may both convert the GGUF file: both must end with a complete folder."
+    import subprocess, sys
+    code = "from policyalign.models import embedded_model_dir; print(embedded_model_dir())"
+    env = {**os.environ, "POLICYALIGN_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    ps = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in ps]
+    assert [p.returncode for p in ps] == [0, 0], [err[-2000:] for _,err in outs]
+    assert (tmp_path/"models"/"smollm2-135m"/"model.safetensors").exists()
+    assert not [p.name for p in (tmp_path/"models").iterdir() if ".tmp" in p.name]
