@@ -11,7 +11,7 @@ from .core import PolicyAlignError, get_logger
 from .models import generate
 from .policy import Policy, Prompter
 from .refusal import answer_kind, prescribed_responses
-from .rollout import PolicyPrefix, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens
+from .rollout import PolicyPrefix, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens, teacher_weights
 from .stats import mean_ci, rate
 from .synthesis import BENIGN_TACTIC, TACTICS, compose_requests
 
@@ -57,16 +57,13 @@ def check_requests(policy:Policy, cfg:CheckConfig) -> list[dict]:
     return rows
 
 # %% ../nbs/05b_check.ipynb #6d589d63
-def _adapter_off(model):
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-
 def score_answers(model, tok, policy:Policy, requests:list[str], answers:list[list[int]], adapter:bool=True,
                   batch_size:int=16) -> dict[str, list[float]]:
     "Per answer: full-vocabulary `kl`, mean token log-prob under the student (`student_logp`) and the teacher (`teacher_logp`), and `tokens`."
     pr = Prompter(tok, policy)
     s_p,t_p = prepare_prompts(pr, requests, max(map(len, answers), default=1), context_length(model))
     prefix,out = PolicyPrefix(pr),dict(kl=[], student_logp=[], teacher_logp=[], tokens=[])
-    with torch.no_grad(), (contextlib.nullcontext() if adapter else _adapter_off(model)):
+    with torch.no_grad(), (contextlib.nullcontext() if adapter else teacher_weights(model, "frozen")):
         for i in range(0, len(requests), batch_size):
             sl = slice(i, i + batch_size)
             b = pair_batch(s_p[sl], t_p[sl], answers[sl], tok.pad_token_id)
@@ -82,7 +79,7 @@ def policy_kl(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=
     "Per request: KL(student ‖ teacher with the policy) per token, full vocabulary, on `samples` of the student's own answers."
     pr = Prompter(tok, policy)
     s_p,_ = prepare_prompts(pr, requests, max_new_tokens, context_length(model))
-    with (contextlib.nullcontext() if adapter else _adapter_off(model)):
+    with (contextlib.nullcontext() if adapter else teacher_weights(model, "frozen")):
         g = rollout(model, s_p, tok, max_new_tokens, 1.0, seed=seed, batch_size=batch_size, samples=samples)
     kl = score_answers(model, tok, policy, [r for r in requests for _ in range(samples)], g.answer_ids, adapter, batch_size)["kl"]
     return [statistics.fmean(kl[i*samples:(i+1)*samples]) for i in range(len(requests))]
@@ -91,7 +88,7 @@ def policy_kl(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=
 def teacher_answers(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, batch_size:int=16) -> list[list[int]]:
     "The frozen teacher's (base weights, policy in the prompt) greedy answers, as token ids."
     _,t_p = prepare_prompts(Prompter(tok, policy), requests, max_new_tokens, context_length(model))
-    with _adapter_off(model): return generate(model, tok, t_p, max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size).answer_ids
+    with teacher_weights(model, "frozen"): return generate(model, tok, t_p, max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size).answer_ids
 
 # %% ../nbs/05b_check.ipynb #594c7fb4
 def prescribed_logprob(model, tok, policy:Policy, requests:list[str], adapter:bool=True) -> dict|None:
@@ -108,7 +105,7 @@ def _answers(model, tok, policy, requests, with_policy:bool, temperature:float, 
     "The base model's answers (adapter off), with or without the policy, greedy (`temperature=0`) or sampled."
     pr = Prompter(tok, policy)
     s_p,t_p = prepare_prompts(pr, requests, cfg.max_new_tokens, context_length(model))
-    with _adapter_off(model):
+    with teacher_weights(model, "frozen"):
         return generate(model, tok, t_p if with_policy else s_p, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
                         seed=seed, batch_size=cfg.batch_size, progress=progress).texts
 
