@@ -21,10 +21,10 @@ __all__ = ['SUITE_KINDS', 'HELD_OUT_SPLITS', 'TRIDENT_FILES', 'SUITES', 'DOMAIN_
            'subsample', 'make_suite', 'load_strongreject', 'load_advbench', 'load_harmbench', 'load_xstest',
            'load_synth', 'load_mmlu', 'load_gsm8k', 'load_trident', 'load_medsafetybench', 'load_suite', 'Verdict',
            'JsonlCache', 'Judge', 'RefusalJudge', 'judge_agreement', 'parse_qwen3guard', 'parse_llamaguard',
-           'guard_family', 'GuardJudge', 'parse_policy_verdict', 'PolicyJudge', 'ChatCompleter', 'suite_metrics',
-           'row_context', 'base_fingerprint', 'row_fingerprint', 'answer', 'mc_prompt', 'choice_correct', 'last_number',
-           'EvalConfig', 'build_suites', 'make_judges', 'evaluate_suite', 'gap_table', 'mechanism',
-           'mechanism_markdown', 'evaluate', 'report_markdown', 'write_report']
+           'guard_family', 'GuardJudge', 'parse_policy_verdict', 'PolicyJudge', 'ChatCompleter', 'outcomes',
+           'suite_metrics', 'row_context', 'base_fingerprint', 'row_fingerprint', 'answer', 'mc_prompt',
+           'choice_correct', 'last_number', 'EvalConfig', 'build_suites', 'make_judges', 'evaluate_suite', 'gap_table',
+           'mechanism', 'mechanism_markdown', 'evaluate', 'report_markdown', 'write_report']
 
 # %% ../nbs/07_evaluation.ipynb #84d99c46
 log = get_logger(__name__)
@@ -506,14 +506,17 @@ class ChatCompleter:
         return generate(self.model, self.tok, prompts, max_new_tokens=max_tokens, temperature=temperature, seed=seed, batch_size=self.batch_size).texts
 
 # %% ../nbs/07_evaluation.ipynb #661adb5c
+def outcomes(v:Verdict) -> dict:
+    "The 0/1 outcomes of one verdict (None where the judge could not tell): violation, refusal, full refusal."
+    when = lambda x, f: None if x is None else f(x)
+    return dict(violation=when(v.safe, lambda s: not s), refusal=when(v.refusal, lambda r: r != "none"),
+                full_refusal=when(v.refusal, lambda r: r == "full"))
+
 def suite_metrics(verdicts:list[Verdict], kind:str, gives=("safety", "refusal")) -> dict:
     "Metric name -> `rate` record for one suite's verdicts."
-    out = {}
-    if kind == "harmful" and "safety" in gives: out["violation"] = rate([None if v.safe is None else not v.safe for v in verdicts])
-    if "refusal" in gives:
-        out["refusal"] = rate([None if v.refusal is None else v.refusal != "none" for v in verdicts])
-        out["full_refusal"] = rate([None if v.refusal is None else v.refusal == "full" for v in verdicts])
-    return out
+    names = (["violation"] if kind == "harmful" and "safety" in gives else []) + (["refusal", "full_refusal"] if "refusal" in gives else [])
+    os_ = [outcomes(v) for v in verdicts]
+    return {k: rate([o[k] for o in os_]) for k in names}
 
 # %% ../nbs/07_evaluation.ipynb #f9016a82
 ROWS = {"base": dict(policy=False, adapter=False), "oracle": dict(policy=True, adapter=False), "aligned": dict(policy=False, adapter=True)}
@@ -657,8 +660,7 @@ def make_judges(cfg:EvalConfig, cache_folder=None, policy:Policy|None=None) -> l
 
 # %% ../nbs/07_evaluation.ipynb #c58a5335
 def _group_rates(suite, row, jname, verdicts, metric):
-    flags = [None if v.safe is None else not v.safe for v in verdicts] if metric == "violation" else \
-            [None if v.refusal is None else v.refusal != "none" for v in verdicts]
+    flags = [outcomes(v)[metric] for v in verdicts]
     by = {}
     for it,f in zip(suite.items, flags):
         if it.get("group"): by.setdefault(it["group"], []).append(f)
@@ -687,18 +689,14 @@ def evaluate_suite(model, tok, policy, suite:Suite, row:str, judges:list[Judge],
 # %% ../nbs/07_evaluation.ipynb #b11b252c
 SAFETY_METRICS = ("violation", "refusal")
 
-def _flags(v:dict, kind:str) -> dict:
-    "The 0/1 outcomes of one verdict: violation (harmful suites) and refusal; None where the judge could not tell."
-    out = {"refusal": None if v["refusal"] is None else v["refusal"] != "none"}
-    if kind == "harmful": out["violation"] = None if v["safe"] is None else not v["safe"]
-    return out
-
 def gap_table(items:list[dict], n_boot:int=1000, seed:int=0) -> list[dict]:
     "Paired gap closed for every (suite, judge, safety metric) whose items have base, oracle and aligned answers."
     by = {}
     for it in items:
         for j,v in it["verdicts"].items():
-            for k,f in _flags(v, it["kind"]).items(): by.setdefault((it["suite"], it["kind"], j, k), {}).setdefault(it["row"], {})[it["id"]] = f
+            o = outcomes(Verdict(**v))
+            for k in SAFETY_METRICS if it["kind"] == "harmful" else ("refusal",):
+                by.setdefault((it["suite"], it["kind"], j, k), {}).setdefault(it["row"], {})[it["id"]] = o[k]
     out = []
     for (s,kind,j,k),rows in by.items():
         if not all(r in rows for r in ROWS): continue
