@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from .core import PolicyAlignError, atomic_write, get_logger, read_json, set_seed, stable_hash, write_json, write_jsonl
 from .losses import *
-from .models import add_lora
+from .models import add_lora, compute_dtype
 from .policy import Policy, Prompter
 from .check import policy_kl, score_answers, teacher_answers
 from .rollout import PolicyPrefix, TEACHERS, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens
 
 # %% auto #0
-__all__ = ['DistillConfig', 'trainable_params', 'make_optimizer', 'add_ema_adapter', 'ema_update', 'distill_step',
+__all__ = ['DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update', 'distill_step',
            'save_checkpoint', 'load_checkpoint', 'Reporter', 'DistillResult', 'distill', 'save_adapter', 'load_adapter',
            'merge_adapter', 'plot_training', 'heldout_policy_kl', 'teacher_answer_logprob', 'topk_reverse_kl',
            'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence', 'chunked_head_divergence', 'masked_mean',
@@ -89,6 +89,11 @@ def make_optimizer(model, cfg:DistillConfig):
         return {"constant": 1.0, "linear": 1 - t, "cosine": 0.5 * (1 + math.cos(math.pi * t))}[cfg.lr_schedule]
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
+def make_scaler(model):
+    "A loss scaler when the model computes in fp16 (T4, V100), so that small gradients do not flush to zero; else None."
+    if compute_dtype(model) != torch.float16: return None
+    return torch.amp.GradScaler(next(model.parameters()).device.type)
+
 # %% ../nbs/06_distill.ipynb #8be640bf
 def add_ema_adapter(model):
     "Add a frozen `ema` adapter that starts as a copy of the student adapter."
@@ -108,7 +113,7 @@ def ema_update(model, decay:float=0.99):
 
 # %% ../nbs/06_distill.ipynb #9dfe1c4a
 def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillConfig, opt, sched, step:int=0,
-                 prefix:PolicyPrefix|None=None) -> dict:
+                 prefix:PolicyPrefix|None=None, scaler=None) -> dict:
     "One on-policy distillation step on `requests`; returns its metrics."
     t0 = time.perf_counter()
     set_seed(cfg.seed * 100_003 + step + 7 * _rank())   # the step's randomness depends on (seed, step, rank) only: exact resume
@@ -122,8 +127,10 @@ def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillC
     for i in range(0, len(ans), cfg.micro_batch_size):
         sl = slice(i, i + cfg.micro_batch_size)
         loss,stats,mask = score_tokens(model, pair_batch(s_p[sl], t_p[sl], ans[sl], tok.pad_token_id), cfg.teacher, cfg.divergence,
-                                       cfg.top_k, cfg.beta, cfg.loss_chunk, prefix, version=0 if cfg.teacher == "frozen" else step)
-        (loss.sum() / n_tok).backward()
+                                       cfg.top_k, cfg.beta, cfg.loss_chunk, prefix, version=0 if cfg.teacher == "frozen" else step,
+                                       temperature=cfg.temperature)
+        part = loss.sum() / n_tok
+        (scaler.scale(part) if scaler else part).backward()
         tot += loss.detach().sum().item(); stats_all.append(stats)
     tot = _global_sum(tot)
     if not math.isfinite(tot):
@@ -131,15 +138,25 @@ def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillC
         raise PolicyAlignError(f"the loss became {tot} at step {step}",
                                "lower the learning rate (lr) or raise max_grad_norm's strictness; rerun to resume from the last good checkpoint")
     _all_reduce_grads(model)
-    gn = torch.nn.utils.clip_grad_norm_(trainable_params(model), cfg.max_grad_norm).item()
-    lr = opt.param_groups[0]["lr"]
-    opt.step(); sched.step()
-    if cfg.teacher == "ema": ema_update(model, cfg.ema_decay)
+    gn,lr = _update(model, cfg, opt, scaler),opt.param_groups[0]["lr"]
+    sched.step()
+    if math.isfinite(gn) and cfg.teacher == "ema": ema_update(model, cfg.ema_decay)
     st = torch.cat(stats_all).float()
     dt = time.perf_counter() - t0
     return dict(step=step + 1, loss=tot / n_tok, logp_gap=(st[:, 0] - st[:, 1]).mean().item(), topk_mass=st[:, 2].mean().item(),
                 answer_tokens=sum(map(len, ans)) / len(ans), eos_share=sum(g.finished) / len(ans), lr=lr, grad_norm=gn,
-                tokens_per_s=sum(map(len, ans)) / dt, seconds=dt)
+                skipped=not math.isfinite(gn), tokens_per_s=sum(map(len, ans)) / dt, seconds=dt)
+
+def _update(model, cfg, opt, scaler) -> float:
+    "Clip and apply the accumulated gradient unless its norm is not finite; returns the norm before clipping."
+    if scaler: scaler.unscale_(opt)
+    gn = torch.nn.utils.clip_grad_norm_(trainable_params(model), cfg.max_grad_norm).item()
+    if scaler: scaler.step(opt); scaler.update()          # the scaler itself skips a non-finite step
+    elif math.isfinite(gn): opt.step()
+    if not math.isfinite(gn):
+        warnings.warn(f"the gradient norm is {gn}: this step's update was skipped" + (" and the loss scale lowered" if scaler else ""))
+    opt.zero_grad(set_to_none=True)
+    return gn
 
 # %% ../nbs/06_distill.ipynb #e2d9755a
 def _dist():
@@ -178,21 +195,21 @@ def _adapter_state(model, name):
     from peft import get_peft_model_state_dict
     return {k: v.detach().cpu().contiguous() for k,v in get_peft_model_state_dict(model, adapter_name=name).items()}
 
-def save_checkpoint(model, opt, sched, step:int, history:list, ckpt_dir, cfg:DistillConfig):
+def save_checkpoint(model, opt, sched, step:int, history:list, ckpt_dir, cfg:DistillConfig, scaler=None):
     "Write checkpoint `step-NNNNNN` atomically into `ckpt_dir`, keeping the newest `cfg.keep_checkpoints`."
     from safetensors.torch import save_file
     ckpt_dir = Path(ckpt_dir); ckpt_dir.mkdir(parents=True, exist_ok=True)
     final,tmp = ckpt_dir/f"step-{step:06d}",ckpt_dir/f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
     for name in model.peft_config: save_file(_adapter_state(model, name), str(tmp/f"adapter-{name}.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp/"optimizer.pt")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None}, tmp/"optimizer.pt")
     write_json(tmp/"state.json", dict(step=step, history=history, config=asdict(cfg)))
     shutil.rmtree(final, ignore_errors=True); os.replace(tmp, final)
     for old in sorted(ckpt_dir.glob("step-*"))[:-cfg.keep_checkpoints]: shutil.rmtree(old, ignore_errors=True)
     return final
 
 # %% ../nbs/06_distill.ipynb #e83848ce
-def _load_one(model, opt, sched, path):
+def _load_one(model, opt, sched, path, scaler=None):
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
     state = read_json(path/"state.json")
@@ -201,12 +218,13 @@ def _load_one(model, opt, sched, path):
         if f.exists(): set_peft_model_state_dict(model, load_file(str(f)), adapter_name=name)
     o = torch.load(path/"optimizer.pt", weights_only=True)
     opt.load_state_dict(o["optimizer"]); sched.load_state_dict(o["scheduler"])
+    if scaler and o.get("scaler"): scaler.load_state_dict(o["scaler"])
     return state["step"], state["history"]
 
-def load_checkpoint(model, opt, sched, ckpt_dir) -> tuple[int, list]:
+def load_checkpoint(model, opt, sched, ckpt_dir, scaler=None) -> tuple[int, list]:
     "Restore the newest readable checkpoint in `ckpt_dir`; returns (step, history), or (0, []) when there is none."
     for path in sorted(Path(ckpt_dir).glob("step-*"), reverse=True):
-        try: return _load_one(model, opt, sched, path)
+        try: return _load_one(model, opt, sched, path, scaler)
         except Exception as e:
             log.warning(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:120]}); trying the one before")
     return 0, []
@@ -268,21 +286,21 @@ def distill(model, tok, policy:Policy, requests:list[str], cfg:DistillConfig|Non
     init_distributed()
     main_process = _rank() == 0
     if cfg.teacher == "ema": add_ema_adapter(model)
-    opt,sched = make_optimizer(model, cfg)
+    (opt,sched),scaler = make_optimizer(model, cfg),make_scaler(model)
     ckpt = Path(out_dir)/"checkpoints" if out_dir else None
-    start,history = load_checkpoint(model, opt, sched, ckpt) if (ckpt and resume) else (0, [])
+    start,history = load_checkpoint(model, opt, sched, ckpt, scaler) if (ckpt and resume) else (0, [])
     if start: log.info(f"distill: resuming from step {start} ({ckpt})")
     prefix = PolicyPrefix(prompter) if cfg.prefix_cache else None
     report = Reporter(out_dir if main_process else None, cfg.report_to if main_process else (), asdict(cfg))
     bar = tqdm(range(start, cfg.steps), desc="distill", disable=not (progress and main_process), initial=start, total=cfg.steps)
     for step in bar:
-        m = distill_step(model, tok, prompter, _shard(_batches(requests, cfg, step)), cfg, opt, sched, step, prefix)
+        m = distill_step(model, tok, prompter, _shard(_batches(requests, cfg, step)), cfg, opt, sched, step, prefix, scaler)
         history.append(m); report(history)
         if m["loss"] < 0 and not any(h["loss"] < 0 for h in history[:-1]):
             warnings.warn(f"the loss is negative at step {m['step']} (student top-k mass {m['topk_mass']:.2f}): the truncated top-k loss rewards moving "
                           "probability outside the top-k; lower lr, or use divergence='topk_tail_reverse_kl'")
         bar.set_postfix(loss=f"{m['loss']:.4f}", len=f"{m['answer_tokens']:.0f}")
-        if ckpt and main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps): save_checkpoint(model, opt, sched, step + 1, history, ckpt, cfg)
+        if ckpt and main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps): save_checkpoint(model, opt, sched, step + 1, history, ckpt, cfg, scaler)
         if callback and callback(m) is False: break
     adapter = save_adapter(model, Path(out_dir)/"adapter") if out_dir and main_process and len(history) == cfg.steps else None
     return DistillResult(model, history, adapter)

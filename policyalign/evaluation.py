@@ -10,17 +10,17 @@ from pathlib import Path
 from .core import PolicyAlignError, cache_dir, get_logger, read_json, read_jsonl, set_seed, stable_hash, write_json, write_jsonl, atomic_write
 from .policy import Policy, Prompter
 from .refusal import answer_kind
-from .models import fingerprint, generate
+from .models import autocast, fingerprint, generate, left_pad, local_device, resolve_precision, torch_dtype
 from .stats import mean_ci, paired_gap, rate, ratio_ci
 from .check import policy_kl, prescribed_logprob, score_answers, teacher_answers
 from .plots import plot_eval, plot_groups, plot_mechanism, save_figure
 
 # %% auto #0
-__all__ = ['SUITE_KINDS', 'HELD_OUT_SPLITS', 'TRIDENT_FILES', 'SUITES', 'DOMAIN_SUITES', 'REFUSAL_EXAMPLES', 'GUARD_FAMILIES',
-           'POLICY_JUDGE_SYSTEM', 'POLICY_JUDGE_USER', 'ROWS', 'SAFETY_METRICS', 'data_root', 'read_rows', 'Suite',
-           'subsample', 'make_suite', 'load_strongreject', 'load_advbench', 'load_harmbench', 'load_xstest',
-           'load_synth', 'load_mmlu', 'load_gsm8k', 'load_trident', 'load_medsafetybench', 'load_suite', 'Verdict',
-           'JsonlCache', 'Judge', 'RefusalJudge', 'judge_agreement', 'parse_qwen3guard', 'parse_llamaguard',
+__all__ = ['HUB_MIRRORS', 'SUITE_KINDS', 'HELD_OUT_SPLITS', 'TRIDENT_FILES', 'SUITES', 'DOMAIN_SUITES', 'REFUSAL_EXAMPLES',
+           'GUARD_FAMILIES', 'POLICY_JUDGE_SYSTEM', 'POLICY_JUDGE_USER', 'ROWS', 'SAFETY_METRICS', 'data_root',
+           'read_rows', 'Suite', 'subsample', 'make_suite', 'load_strongreject', 'load_advbench', 'load_harmbench',
+           'load_xstest', 'load_synth', 'load_mmlu', 'load_gsm8k', 'load_trident', 'load_medsafetybench', 'load_suite',
+           'Verdict', 'JsonlCache', 'Judge', 'RefusalJudge', 'judge_agreement', 'parse_qwen3guard', 'parse_llamaguard',
            'guard_family', 'GuardJudge', 'parse_policy_verdict', 'PolicyJudge', 'ChatCompleter', 'outcomes',
            'suite_metrics', 'row_context', 'base_fingerprint', 'row_fingerprint', 'answer', 'mc_prompt',
            'choice_correct', 'last_number', 'EvalConfig', 'build_suites', 'make_judges', 'evaluate_suite', 'gap_table',
@@ -60,17 +60,23 @@ def _read_local(p:Path) -> list[dict]:
         return [dict(r) for r in load_dataset("parquet", data_files=str(p), split="train")]
     raise PolicyAlignError(f"cannot read {p}: unknown file type {suf!r}", "use .csv, .json, .jsonl or .parquet")
 
+HUB_MIRRORS = {  # data-folder name -> (hub id, config, split): where a benchmark comes from without local files
+    "strongreject": ("walledai/StrongREJECT", None, "train"), "advbench": ("walledai/AdvBench", None, "train"),
+    "harmbench": ("walledai/HarmBench", "standard", "train"), "xstest": ("walledai/XSTest", None, "test"),
+    "mmlu": ("cais/mmlu", "all", "test"), "gsm8k": ("openai/gsm8k", "main", "test")}
+
 def read_rows(source, split:str="train", config:str|None=None) -> list[dict]:
-    "Records of a local CSV/JSON/JSONL/Parquet file, or of a Hugging Face hub dataset (`org/name`)."
+    "Records of a local CSV/JSON/JSONL/Parquet file, or of a Hugging Face hub dataset (`org/name`; a mirror in `HUB_MIRRORS` uses its own config and split)."
     p = Path(str(source)).expanduser()
     if p.is_file(): return _read_local(p)
     if not p.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+        config,split = next(((c, s) for h,c,s in HUB_MIRRORS.values() if h == str(source)), (config, split))
         try:
             from datasets import load_dataset
             return [dict(r) for r in load_dataset(str(source), config, split=split)]
         except Exception as e:
             raise PolicyAlignError(f"could not load {source!r} from the Hugging Face hub ({str(e).splitlines()[0][:200]})",
-                                   "check the dataset id and your network, or pass a local file") from e
+                                   "check the dataset id and your network (gated datasets: accept their terms on the hub and log in), or pass a local file") from e
     raise PolicyAlignError(f"benchmark file {str(source)!r} not found", "check the path, or set POLICYALIGN_DATA to the data folder")
 
 # %% ../nbs/07_evaluation.ipynb #6d923560
@@ -122,7 +128,14 @@ def make_suite(name, kind, rows, source, request_cols, limit=None, seed=0, id_co
     return Suite(name, kind, subsample(items, limit, seed), str(source))
 
 # %% ../nbs/07_evaluation.ipynb #a2b5bcaa
-def _src(source, *parts): return source if source is not None else data_root().joinpath(*parts)
+def _src(source, *parts):
+    "The given source, else the file in the data folder, else (no data folder) the benchmark's hub mirror."
+    if source is not None: return source
+    try: return data_root().joinpath(*parts)
+    except PolicyAlignError:
+        if parts[0] not in HUB_MIRRORS: raise
+        log.info(f"no local benchmark data: reading {parts[0]} from the hub ({HUB_MIRRORS[parts[0]][0]})")
+        return HUB_MIRRORS[parts[0]][0]
 
 def load_strongreject(limit=None, seed=0, source=None) -> Suite:
     "StrongREJECT's 313 forbidden prompts (local CSV, or hub id `walledai/StrongREJECT`)."
@@ -395,11 +408,11 @@ class GuardJudge(Judge):
         if self.model is not None: return self
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = local_device() if torch.cuda.is_available() else "cpu"
         try:
             self.tok = AutoTokenizer.from_pretrained(self.model_id, local_files_only=self.local_files_only)
             self.model = AutoModelForCausalLM.from_pretrained(self.model_id, local_files_only=self.local_files_only,
-                                                              dtype=torch.bfloat16 if dev == "cuda" else torch.float32).to(dev).eval()
+                                                              dtype=torch_dtype(resolve_precision("auto", dev))).to(dev).eval()
         except Exception as e:
             raise PolicyAlignError(f"guard model {self.model_id!r} is not installed or reachable ({str(e).splitlines()[0][:200]})",
                                    "download it first (hf download ID; Llama Guard needs an accepted licence and HF token), "
@@ -579,12 +592,13 @@ def choice_correct(model, tok, policy:Policy, items:list[dict], row:str, batch_s
     letters = [l[0] for l in letters]
     pr,out = Prompter(tok, policy),[]
     dev = next(model.parameters()).device
-    with row_context(model, row), torch.no_grad():
+    with row_context(model, row), torch.no_grad(), autocast(model):
         for i in range(0, len(items), batch_size):
             b = items[i:i+batch_size]
-            enc = tok.pad({"input_ids": [pr.ids(mc_prompt(it), ROWS[row]["policy"]) for it in b]}, padding=True, return_tensors="pt").to(dev)
-            pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-            logits = model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1, letters]   # (bs, 4): the head runs on the last position only
+            ids,mask = left_pad([pr.ids(mc_prompt(it), ROWS[row]["policy"]) for it in b], tok.pad_token_id)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                           logits_to_keep=1).logits[:, -1, letters]   # (bs, 4): the head runs on the last position only
             out += [int(p) == it["answer"] for p,it in zip(logits.argmax(-1).tolist(), b)]
     return out
 

@@ -88,7 +88,7 @@ def _score_batch(model, tok, s_p, t_p, cfg, prefix, seed):
     rep = lambda xs: [x for x in xs for _ in range(cfg.samples)]
     with torch.no_grad():
         loss,stats,mask = score_tokens(model, pair_batch(rep(s_p), rep(t_p), g.answer_ids, tok.pad_token_id),
-                                       "frozen", cfg.divergence, cfg.top_k, prefix=prefix)
+                                       "frozen", cfg.divergence, cfg.top_k, prefix=prefix, temperature=cfg.temperature)
     sc,n = answer_scores(loss, stats, mask),cfg.samples
     out = []
     for i in range(len(s_p)):

@@ -76,8 +76,9 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 # %% ../nbs/05_losses.ipynb #22e52cdb
-def _chunk(s_h, t_h, tokens, weight, bias, kind, k, beta):
-    s_lp,t_lp = F.linear(s_h, weight, bias).float().log_softmax(-1),F.linear(t_h, weight, bias).float().log_softmax(-1)
+def _chunk(s_h, t_h, tokens, weight, bias, kind, k, beta, scale):
+    logp = lambda h: (F.linear(h, weight, bias).float() * scale).log_softmax(-1)
+    s_lp,t_lp = logp(s_h),logp(t_h)
     loss = logp_divergence(s_lp, t_lp, kind, k, beta)
     with torch.no_grad():
         s_lp = s_lp.detach()
@@ -88,11 +89,11 @@ def _chunk(s_h, t_h, tokens, weight, bias, kind, k, beta):
 
 # %% ../nbs/05_losses.ipynb #24a15fc1
 def chunked_head_divergence(s_hidden, t_hidden, tokens, weight, bias=None, kind:str="topk_reverse_kl", k:int=256,
-                            beta:float=0.5, chunk:int=1024):
-    "Per-token divergence from hidden states `(n, d)` through the output head, chunk by chunk; also `(n, 3)` stats: sampled-token log-prob (student, teacher) and top-k mass."
+                            beta:float=0.5, chunk:int=1024, scale:float=1.0):
+    "Per-token divergence from hidden states `(n, d)` through the output head (logits times `scale`), chunk by chunk; also `(n, 3)` stats: sampled-token log-prob (student, teacher) and top-k mass."
     losses,stats = [],[]
     for i in range(0, s_hidden.shape[0], chunk):
-        args = (s_hidden[i:i+chunk], t_hidden[i:i+chunk], tokens[i:i+chunk], weight, bias, kind, k, beta)
+        args = (s_hidden[i:i+chunk], t_hidden[i:i+chunk], tokens[i:i+chunk], weight, bias, kind, k, beta, scale)
         l,s = checkpoint(_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk(*args)
         losses.append(l); stats.append(s)
     if not losses: return s_hidden.new_zeros(0), s_hidden.new_zeros(0, 3)

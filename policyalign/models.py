@@ -11,8 +11,9 @@ from .core import PolicyAlignError, cache_dir, get_logger, stable_hash
 from .policy import Policy, Prompter
 
 # %% auto #0
-__all__ = ['EMBEDDED_MODELS', 'embedded_model_dir', 'resolve_model', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model',
-           'Generation', 'eos_ids', 'generate', 'chat', 'fingerprint']
+__all__ = ['EMBEDDED_MODELS', 'PRECISIONS', 'embedded_model_dir', 'resolve_model', 'resolve_precision', 'torch_dtype',
+           'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'compute_dtype', 'autocast',
+           'Generation', 'eos_ids', 'left_pad', 'plain_generation_config', 'generate', 'chat', 'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
 log = get_logger(__name__)
@@ -66,6 +67,25 @@ def resolve_model(name:str) -> str:
                                f"use one of {', '.join(EMBEDDED_MODELS)}, a local model folder, or a hub id like Qwen/Qwen2.5-7B-Instruct")
     return name
 
+# %% ../nbs/02_models.ipynb #f4803560
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+def resolve_precision(precision:str="auto", device:str="cpu") -> str:
+    "'auto' becomes bf16 on a GPU with native bf16 (compute capability 8.0+), fp16 on older GPUs (T4, V100), fp32 on CPU."
+    if precision != "auto": return precision
+    if not device.startswith("cuda"): return "fp32"
+    import torch
+    return "bf16" if torch.cuda.get_device_capability(local_device()) >= (8, 0) else "fp16"
+
+def torch_dtype(precision:str):
+    "The torch dtype of a resolved precision name."
+    import torch
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+def local_device() -> str:
+    "This process's GPU: `cuda:$LOCAL_RANK` (set by `accelerate launch` and `torchrun`), `cuda:0` alone."
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
 # %% ../nbs/02_models.ipynb #1180dc36
 @dataclass
 class ModelConfig:
@@ -76,7 +96,8 @@ class ModelConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: str|list[str] = "all-linear"
-    device: str = "auto"            # 'auto', 'cpu' or 'cuda'
+    device: str = "auto"            # 'auto', 'cpu' or 'cuda' (this process's GPU: cuda:$LOCAL_RANK)
+    precision: str = "auto"         # 'auto' (bf16 where the GPU has it, else fp16; fp32 on CPU), 'bf16', 'fp16' or 'fp32'
     gradient_checkpointing: bool = True  # used with 4-bit on CUDA
     trust_remote_code: bool = False
     allow_pickle: bool = False      # load .bin/.pt checkpoints (unsafe: pickle can run code)
@@ -85,6 +106,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.quantize not in ("auto", "4bit", "none"): raise PolicyAlignError(f"quantize={self.quantize!r}", "use 'auto', '4bit' or 'none'")
         if self.device not in ("auto", "cpu", "cuda"): raise PolicyAlignError(f"device={self.device!r}", "use 'auto', 'cpu' or 'cuda'")
+        if self.precision not in PRECISIONS: raise PolicyAlignError(f"precision={self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
         if self.lora_r < 1 or self.lora_alpha <= 0: raise PolicyAlignError("lora_r and lora_alpha must be positive", "e.g. lora_r=16, lora_alpha=32")
         if not 0 <= self.lora_dropout < 1: raise PolicyAlignError(f"lora_dropout={self.lora_dropout} is outside [0, 1)")
 
@@ -94,15 +116,19 @@ class ModelConfig:
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
     @property
     def four_bit(self) -> bool: return self.quantize == "4bit" or (self.quantize == "auto" and self.resolved_device == "cuda")
+    @property
+    def resolved_precision(self) -> str: return resolve_precision(self.precision, self.resolved_device)
+    @property
+    def device_map(self) -> dict:
+        "Where `from_pretrained` puts the whole model: this process's own GPU under `accelerate launch`/`torchrun`."
+        return {"": local_device() if self.resolved_device == "cuda" else "cpu"}
 
 # %% ../nbs/02_models.ipynb #824152a7
-def bnb_config():
-    "The QLoRA quantisation: 4-bit NF4 weights, double quantisation, bf16 compute on CUDA (float32 on CPU)."
-    import torch
+def bnb_config(precision:str="bf16"):
+    "The QLoRA quantisation: 4-bit NF4 weights with double quantisation, computing in `precision`."
     from transformers import BitsAndBytesConfig
-    dt = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dt)
+                              bnb_4bit_compute_dtype=torch_dtype(precision))
 
 def add_lora(model, cfg:ModelConfig|None=None, adapter_name:str="default"):
     "Wrap `model` in a PEFT model with a fresh LoRA adapter (B=0, so it starts as the base model)."
@@ -123,13 +149,19 @@ def _load_tokenizer(path, cfg):
     return tok
 
 def _load_base(path, cfg):
-    import torch
     from transformers import AutoModelForCausalLM
-    kw = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, use_safetensors=None if cfg.allow_pickle else True)
-    if cfg.four_bit: kw |= dict(quantization_config=bnb_config(), device_map={"": 0} if cfg.resolved_device == "cuda" else {"": "cpu"})
-    else: kw |= dict(dtype=torch.bfloat16 if cfg.resolved_device == "cuda" else torch.float32)
+    prec = cfg.resolved_precision
+    kw = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, use_safetensors=None if cfg.allow_pickle else True,
+              dtype=torch_dtype(prec), device_map=cfg.device_map)
+    if cfg.four_bit: kw["quantization_config"] = bnb_config(prec)
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
-    if not cfg.four_bit: model.to(cfg.resolved_device)
+    model.policyalign_precision = prec     # what `autocast(model)` computes in
+    return model
+
+def _prepare_4bit(model, cfg):
+    "Freeze the 4-bit base and turn on gradient checkpointing. Unlike peft's `prepare_model_for_kbit_training`, the unquantised weights (embeddings, head, norms) stay in the compute dtype instead of float32."
+    for p in model.parameters(): p.requires_grad_(False)
+    if cfg.gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 @contextlib.contextmanager
@@ -157,22 +189,38 @@ def _friendly_load_error(name, err):
 
 # %% ../nbs/02_models.ipynb #3f9a50dc
 def load_model(cfg:ModelConfig|str|None=None, lora:bool=True):
-    "Load `(model, tokenizer)`: a LoRA-wrapped causal LM, 4-bit on CUDA (QLoRA) and float32 on CPU."
+    "Load `(model, tokenizer)`: a LoRA-wrapped causal LM, 4-bit on this process's GPU (QLoRA), float32 on CPU."
     cfg = ModelConfig(cfg) if isinstance(cfg, str) else (cfg or ModelConfig())
     path = resolve_model(cfg.name)
     try:
         with _quiet_loading(): tok,model = _load_tokenizer(path, cfg),_load_base(path, cfg)
     except PolicyAlignError: raise
     except (OSError, ValueError, EnvironmentError) as e: raise _friendly_load_error(cfg.name, e) from e
-    if cfg.four_bit:
-        from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.four_bit: model = _prepare_4bit(model, cfg)
     model.generation_config.pad_token_id = tok.pad_token_id
-    how = "4-bit NF4 base + LoRA (QLoRA)" if cfg.four_bit else "full-precision base + LoRA"
-    log.info(f"loaded {cfg.name} on {cfg.resolved_device}: {how}" + ("" if lora else " (adapter not attached)"))
+    how = "4-bit NF4 base + LoRA (QLoRA)" if cfg.four_bit else f"{cfg.resolved_precision} base + LoRA"
+    log.info(f"loaded {cfg.name} on {cfg.device_map['']}: {how}, computing in {cfg.resolved_precision}" + ("" if lora else " (adapter not attached)"))
     with _quiet_loading(): return (add_lora(model, cfg) if lora else model), tok
 
 # %% ../nbs/02_models.ipynb #c8b2815f
+def compute_dtype(model):
+    "The dtype the model's forward passes compute in (see `autocast`)."
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if prec := getattr(base, "policyalign_precision", None): return torch_dtype(prec)
+    q = getattr(base.config, "quantization_config", None)
+    dt = q.get("bnb_4bit_compute_dtype") if isinstance(q, dict) else getattr(q, "bnb_4bit_compute_dtype", None)
+    if dt is not None:
+        import torch
+        return getattr(torch, dt) if isinstance(dt, str) else dt
+    return base.get_input_embeddings().weight.dtype
+
+def autocast(model):
+    "A context in which forward passes run in the model's compute dtype (nothing changes in float32)."
+    import torch
+    dt,dev = compute_dtype(model),next(model.parameters()).device
+    return torch.autocast(dev.type, dtype=dt) if dt != torch.float32 else contextlib.nullcontext()
+
+# %% ../nbs/02_models.ipynb #535c03a4
 @dataclass
 class Generation:
     "Generated answers: token ids (EOS kept when produced), decoded texts, and whether each answer ended with EOS."
@@ -189,6 +237,25 @@ def eos_ids(model, tok) -> set[int]:
 
 def _as_list(x): return [] if x is None else (list(x) if isinstance(x, (list, tuple, set)) else [x])
 
+def left_pad(rows:list[list[int]], pad:int, width:int|None=None):
+    "Token-id rows as a left-padded `(n, width)` tensor and its attention mask."
+    import torch
+    width = width or max(map(len, rows))
+    ids,mask = torch.full((len(rows), width), pad),torch.zeros(len(rows), width, dtype=torch.long)
+    for i,r in enumerate(rows):
+        if r: ids[i, width-len(r):],mask[i, width-len(r):] = torch.tensor(r),1
+    return ids,mask
+
+@contextlib.contextmanager
+def plain_generation_config(model):
+    "Within this context `model.generate` sees no sampling settings of the model's own: only its special-token ids."
+    from transformers import GenerationConfig
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    old = base.generation_config
+    base.generation_config = GenerationConfig(**{k: getattr(old, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    try: yield
+    finally: base.generation_config = old
+
 def _trim(row, eos, pad):
     "Cut a generated row after its first EOS; drop right padding."
     out = []
@@ -198,7 +265,7 @@ def _trim(row, eos, pad):
     while out and out[-1] == pad and pad not in eos: out.pop()
     return out, False
 
-# %% ../nbs/02_models.ipynb #97c1f000
+# %% ../nbs/02_models.ipynb #e23c12ee
 def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temperature:float=1.0, top_p:float=1.0,
              seed:int|None=None, batch_size:int=8, progress:bool=False) -> Generation:
     "Generate one answer per tokenised prompt, in left-padded batches; `temperature=0` is greedy."
@@ -211,9 +278,10 @@ def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temper
     answers,done = [],[]
     dev = next(model.parameters()).device
     for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
-        batch = tok.pad({"input_ids": prompts[i:i+batch_size]}, padding=True, return_tensors="pt").to(dev)
-        with torch.no_grad(): out = model.generate(**batch, **kw)
-        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+        ids,mask = left_pad(prompts[i:i+batch_size], pad)
+        with torch.no_grad(), plain_generation_config(model), autocast(model):
+            out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
+        for row in out[:, ids.shape[1]:].tolist():
             a,f = _trim(row, eos, pad); answers.append(a); done.append(f)
     texts = tok.batch_decode(answers, skip_special_tokens=True)
     settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)

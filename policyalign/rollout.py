@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from .core import PolicyAlignError
 from .losses import chunked_head_divergence
-from .models import Generation, generate
+from .models import Generation, autocast, generate, left_pad
 from .policy import Prompter
 
 # %% auto #0
@@ -61,19 +61,12 @@ class PairBatch:
     answer_mask: torch.Tensor    # (bs, L): true on answer tokens
     teacher_prompts: list[list[int]]
 
-def _left_pad(rows, pad, width=None):
-    width = width or max(map(len, rows))
-    ids,mask = torch.full((len(rows), width), pad),torch.zeros(len(rows), width, dtype=torch.long)
-    for i,r in enumerate(rows):
-        if r: ids[i, width-len(r):],mask[i, width-len(r):] = torch.tensor(r),1
-    return ids,mask
-
 def pair_batch(student_prompts, teacher_prompts, answers, pad_id:int) -> PairBatch:
     "Build a `PairBatch` from prompt ids and answer ids (lists of token-id lists)."
     if any(len(a) == 0 for a in answers): answers = [a or [pad_id] for a in answers]  # an empty answer still scores its first token
-    s,sm = _left_pad([p + a for p,a in zip(student_prompts, answers)], pad_id)
-    t,tm = _left_pad([p + a for p,a in zip(teacher_prompts, answers)], pad_id)
-    a,am = _left_pad(answers, pad_id)
+    s,sm = left_pad([p + a for p,a in zip(student_prompts, answers)], pad_id)
+    t,tm = left_pad([p + a for p,a in zip(teacher_prompts, answers)], pad_id)
+    a,am = left_pad(answers, pad_id)
     return PairBatch(s, sm, t, tm, a, am.bool(), [list(p) for p in teacher_prompts])
 
 # %% ../nbs/05a_rollout.ipynb #5467cddf
@@ -96,13 +89,29 @@ def teacher_weights(model, mode:str="frozen"):
             if ".ema." in n: p.requires_grad_(False)  # set_adapter marks the adapter it activates trainable
 
 # %% ../nbs/05a_rollout.ipynb #5acad324
+def head_scale(config) -> float:
+    "The factor a model applies to its head's output: 1/`logits_scaling` (Granite), `logit_scale` (Cohere), else 1."
+    if getattr(config, "final_logit_softcapping", None):
+        raise PolicyAlignError(f"{config.model_type} soft-caps its logits, which the chunked loss does not model",
+                               "use a model without logit soft-capping (Llama, Qwen, Mistral, Granite, SmolLM families)")
+    return (getattr(config, "logit_scale", None) or 1.0) / (getattr(config, "logits_scaling", None) or 1.0)
+
 def _lm_parts(model):
-    "The decoder stack and the output head of a (PEFT-wrapped) causal LM."
+    "The decoder stack, the output head and its scale for a (PEFT-wrapped) causal LM."
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "final_logit_softcapping", None) or getattr(base.config, "logit_scale", None):
-        raise PolicyAlignError(f"{base.config.model_type} post-processes its logits (soft-capping/scaling), which the chunked loss does not model",
-                               "use a model without logit soft-capping (Llama, Qwen, Mistral, SmolLM families)")
-    return base.get_decoder(),base.get_output_embeddings()
+    head = base.get_output_embeddings()
+    if hasattr(head, "lora_A") or hasattr(head, "modules_to_save"):
+        raise PolicyAlignError("the output head has an adapter of its own, which the chunked head computation would skip",
+                               "leave lm_head out of lora_targets and modules_to_save ('all-linear' already does)")
+    return base.get_decoder(),head,head_scale(base.config)
+
+@contextlib.contextmanager
+def _inference(model):
+    "Eval mode for a pass without gradient: no dropout, and checkpointed layers keep the KV cache (older transformers drop it in training mode)."
+    was = model.training
+    model.eval()
+    try: yield
+    finally: model.train(was)
 
 def _positions(mask, offset=0): return offset + (mask.cumsum(-1) - 1).clamp(min=0)
 
@@ -134,8 +143,8 @@ class PolicyPrefix:
 def teacher_hidden(model, batch:PairBatch, L:int, mode:str="frozen", prefix:PolicyPrefix|None=None, version=0):
     "Teacher hidden states `(bs, L, d)` predicting the last `L` columns, without gradient (using the prefix cache when it applies)."
     from transformers import DynamicCache
-    dec,_ = _lm_parts(model)
-    with torch.no_grad(), teacher_weights(model, mode):
+    dec = _lm_parts(model)[0]
+    with torch.no_grad(), teacher_weights(model, mode), _inference(model):
         if prefix is not None and not prefix.matches(batch.teacher_prompts) and not prefix.warned:
             prefix.warned = True
             warnings.warn("some teacher prompts do not start with the cached policy prefix: those batches run without the cache (correct, slower)")
@@ -143,7 +152,7 @@ def teacher_hidden(model, batch:PairBatch, L:int, mode:str="frozen", prefix:Poli
             return dec(input_ids=batch.teacher_ids, attention_mask=batch.teacher_mask,
                        position_ids=_positions(batch.teacher_mask)).last_hidden_state[:, -L-1:-1]
         P,bs = len(prefix),batch.teacher_ids.shape[0]
-        rest,rmask = _left_pad([p[P:] + a for p,a in zip(batch.teacher_prompts, _answers(batch))], 0)
+        rest,rmask = left_pad([p[P:] + a for p,a in zip(batch.teacher_prompts, _answers(batch))], 0)
         cache = DynamicCache(ddp_cache_data=[(k.expand(bs,-1,-1,-1), v.expand(bs,-1,-1,-1)) for k,v in prefix.get(dec, version)],
                              config=model.config)
         rest,rmask = rest.to(batch.teacher_ids.device),rmask.to(batch.teacher_ids.device)
@@ -155,17 +164,19 @@ def _answers(b): return [r[m].tolist() for r,m in zip(b.answer_ids, b.answer_mas
 
 # %% ../nbs/05a_rollout.ipynb #ffc7548c
 def score_tokens(model, batch:PairBatch, teacher:str="frozen", kind:str="topk_reverse_kl", k:int=256, beta:float=0.5,
-                 chunk:int=1024, prefix:PolicyPrefix|None=None, version=0):
-    "Per-token divergence `(n,)` and stats `(n, 3)` over the batch's answer tokens (row-major), plus the mask `(bs, L)`."
-    dec,head = _lm_parts(model)
+                 chunk:int=1024, prefix:PolicyPrefix|None=None, version=0, temperature:float=1.0):
+    "Per-token divergence `(n,)` and stats `(n, 3)` over the batch's answer tokens (row-major), plus the mask `(bs, L)`; logits are divided by the sampling `temperature`."
+    dec,head,scale = _lm_parts(model)
     dev = head.weight.device
     for f in ("student_ids","student_mask","teacher_ids","teacher_mask","answer_ids","answer_mask"):
         setattr(batch, f, getattr(batch, f).to(dev))
     L,mask = batch.answer_ids.shape[1],batch.answer_mask
-    t_h = teacher_hidden(model, batch, L, teacher, prefix, version)[mask]
-    s_h = dec(input_ids=batch.student_ids, attention_mask=batch.student_mask,
-              position_ids=_positions(batch.student_mask)).last_hidden_state[:, -L-1:-1][mask]
-    loss,stats = chunked_head_divergence(s_h, t_h.to(s_h.dtype), batch.answer_ids[mask], head.weight, head.bias, kind, k, beta, chunk)
+    with autocast(model):
+        t_h = teacher_hidden(model, batch, L, teacher, prefix, version)[mask]
+        s_h = dec(input_ids=batch.student_ids, attention_mask=batch.student_mask,
+                  position_ids=_positions(batch.student_mask)).last_hidden_state[:, -L-1:-1][mask]
+        loss,stats = chunked_head_divergence(s_h, t_h.to(s_h.dtype), batch.answer_ids[mask], head.weight, head.bias, kind, k, beta,
+                                             chunk, scale / temperature)
     return loss,stats,mask
 
 # %% ../nbs/05a_rollout.ipynb #da1eaec0

@@ -140,3 +140,28 @@ def test_tiny_evaluation_writes_report(tiny, tmp_path):
     # a rerun is served from the caches and gives the same numbers
     again = evaluate(model, tok, tiny_policy(), cfg, suites=suites, progress=False)
     assert again["metrics"] == res["metrics"]
+
+
+def test_without_a_data_folder_the_suites_come_from_their_hub_mirrors(monkeypatch):
+    "Colab: no shared/data anywhere. The default suites are read from the hub mirrors, each with its own config and split."
+    import datasets
+    import policyalign.evaluation as ev
+    def hidden(): raise PolicyAlignError("no benchmark data folder found", "set POLICYALIGN_DATA")
+    monkeypatch.setattr(ev, "data_root", hidden)
+    fake = {  # the mirrors' real column layouts, two rows each
+        "walledai/StrongREJECT": [dict(prompt="p1", category="Violence"), dict(prompt="p2", category="fraud")],
+        "walledai/XSTest": [dict(prompt="kill a python process", label="safe", type="homonyms", focus="kill", note=""),
+                            dict(prompt="kill a person", label="unsafe", type="contrast_homonyms", focus="kill", note="")],
+        "cais/mmlu": [dict(question="2+2?", subject="math", choices=["1", "2", "3", "4"], answer=3)] * 2,
+        "walledai/HarmBench": [dict(prompt="h1", category="chemical"), dict(prompt="h2", category="cyber")]}
+    calls = []
+    def load_dataset(path, name=None, split=None):
+        calls.append((path, name, split)); return fake[path]
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    got = {n: ev.load_suite(n) for n in ("strongreject", "xstest-safe", "mmlu", "harmbench")}
+    assert [s.requests for s in got.values()] == [["p1", "p2"], ["kill a python process"], ["2+2?", "2+2?"], ["h1", "h2"]]
+    assert got["mmlu"].items[0]["answer"] == 3 and got["strongreject"].items[0]["group"] == "violence"
+    assert calls == [("walledai/StrongREJECT", None, "train"), ("walledai/XSTest", None, "test"),
+                     ("cais/mmlu", "all", "test"), ("walledai/HarmBench", "standard", "train")]
+    with pytest.raises(PolicyAlignError, match="no benchmark data folder"):   # no mirror: the local-data error stands
+        ev.load_suite("medsafetybench")
