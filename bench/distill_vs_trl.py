@@ -22,17 +22,16 @@ Prints the per-step times and peak memory of each side, then, last line: `ratio 
 from __future__ import annotations
 import argparse, os, sys, tempfile, warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, load, load_bench_model, median, mib, setup, stable_malloc, timed
+from _common import REQUESTS, load, add_shape_argument, load_bench_model, median, mib, setup, stable_malloc, timed
 
 
 def policyalign_side(args, policy):
     from policyalign.distill import DistillConfig, distill_step, make_optimizer
     from policyalign.policy import Prompter
     from policyalign.rollout import PolicyPrefix
-    model, tok = load_bench_model(args.device)
-    model.get_base_model().generation_config.min_new_tokens = args.answer_tokens   # fixed answer length
+    model, tok = load_bench_model(args.device, shape=args.shape)
     cfg = DistillConfig(steps=10_000, batch_size=len(REQUESTS), micro_batch_size=len(REQUESTS), rollout_batch_size=len(REQUESTS),
-                        max_new_tokens=args.answer_tokens, top_k=args.top_k, divergence=args.divergence, teacher="frozen",
+                        max_new_tokens=args.answer_tokens, min_new_tokens=args.answer_tokens, top_k=args.top_k, divergence=args.divergence, teacher="frozen",
                         lr=1e-4, weight_decay=0.01, max_grad_norm=1.0, prefix_cache=not args.no_prefix_cache, seed=0)
     opt, sched = make_optimizer(model, cfg)
     prompter = Prompter(tok, policy)
@@ -51,7 +50,7 @@ def trl_side(args, policy):
     from datasets import Dataset
     from peft import LoraConfig
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
-    base, tok = load_bench_model(args.device, lora=False)
+    base, tok = load_bench_model(args.device, lora=False, shape=args.shape)
     peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     rows = [{"prompt": [{"role": "user", "content": r}], "privileged_context": policy.system_prompt} for r in REQUESTS]
     targs = SDFTConfig(output_dir=tempfile.mkdtemp(prefix="sdft-bench-"), per_device_train_batch_size=len(REQUESTS),
@@ -87,6 +86,7 @@ def trl_side(args, policy):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_shape_argument(ap)
     ap.add_argument("--answer-tokens", type=int, default=64)
     ap.add_argument("--top-k", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5, help="measured steps per side (after --warmup)")

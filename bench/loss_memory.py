@@ -12,12 +12,13 @@ the teacher hidden states `(n, d)`, the sampled tokens and the frozen output-hea
 Each variant runs in its own fresh subprocess, so neither inherits the other's freed-but-cached memory. On CPU the
 figure is the growth of the resident set's high-water mark (`VmHWM`, reset after the inputs exist); on CUDA it is
 `torch.cuda.max_memory_allocated()` above the inputs. The two losses are also compared (they must agree).
-Last line: `ratio peak_mem=<chunked/naive>`. Run: `python bench/loss_memory.py [--device cuda] [--batch 8]`.
+Last line: `ratio peak_mem=<chunked/naive>`. Run: `python bench/loss_memory.py [--device cuda] [--batch 8] [--shape qwen2.5-7b]`.
 """
 from __future__ import annotations
 import argparse, json, os, subprocess, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PeakMemory, load, median, mib, setup
+from pathlib import Path
+from _common import SHAPES, TOY, PeakMemory, load, median, mib, setup
 
 
 def run_variant(args):
@@ -53,11 +54,15 @@ def main():
     ap.add_argument("--answer-tokens", type=int, default=1024)
     ap.add_argument("--hidden", type=int, default=576)
     ap.add_argument("--vocab", type=int, default=49152)
+    ap.add_argument("--shape", default=None, choices=[k for k, v in SHAPES.items() if v], help="take --hidden and --vocab from this model's config")
     ap.add_argument("--top-k", type=int, default=256)
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variant", choices=["chunked", "naive"], help=argparse.SUPPRESS)  # set in the subprocesses
     args = ap.parse_args()
+    if args.shape:
+        spec = json.loads((Path(__file__).parent/"configs"/SHAPES[args.shape]).read_text())
+        args.hidden, args.vocab = (TOY if args.shape == "toy" else spec)["hidden_size"], spec["vocab_size"]
     if args.variant:
         setup(args.device, args.threads); return run_variant(args)
     print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")

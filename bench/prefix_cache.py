@@ -14,7 +14,7 @@ Run: `python bench/prefix_cache.py [--device cuda] [--answer-tokens 64] [--reps 
 from __future__ import annotations
 import argparse, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, load, load_bench_model, median, setup, timed
+from _common import REQUESTS, load, add_shape_argument, load_bench_model, median, setup, timed
 
 TEXT = ("Thanks for asking. Here is a careful answer that stays general and safe. First, think about what you want "
         "to achieve and who could be affected. Second, check the official guidance that applies where you live, "
@@ -25,6 +25,7 @@ TEXT = ("Thanks for asking. Here is a careful answer that stays general and safe
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_shape_argument(ap)
     ap.add_argument("--answer-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3, help="measured uncached/cached pairs (after one warm-up pair)")
     ap.add_argument("--threads", type=int, default=1)
@@ -35,7 +36,7 @@ def main():
     from policyalign.policy import Prompter, load_policy
     from policyalign.rollout import PolicyPrefix, _lm_parts, pair_batch, teacher_hidden
 
-    model, tok = load_bench_model(args.device)
+    model, tok = load_bench_model(args.device, shape=args.shape)
     policy = load_policy(args.policy)
     pr = Prompter(tok, policy)
     s_p, t_p = [pr.student(r) for r in REQUESTS], [pr.teacher(r) for r in REQUESTS]

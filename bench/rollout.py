@@ -9,7 +9,7 @@ Last line: `ratio tokens_per_s batched/sequential=<x>`. Run: `python bench/rollo
 from __future__ import annotations
 import argparse, importlib.util, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, load, load_bench_model, median, setup, timed
+from _common import REQUESTS, load, add_shape_argument, load_bench_model, median, setup, shape_model_dir, timed
 
 
 def vllm_path(args, prompts):
@@ -18,8 +18,7 @@ def vllm_path(args, prompts):
     if not torch.cuda.is_available(): return print("vLLM rollout backend: skipped (no CUDA device)")
     if not args.vllm: return print("vLLM rollout backend: skipped (pass --vllm to start an engine)")
     from vllm import LLM, SamplingParams
-    from policyalign.models import embedded_model_dir
-    llm = LLM(model=str(embedded_model_dir()), dtype="bfloat16", gpu_memory_utilization=0.3)
+    llm = LLM(model=shape_model_dir(args.shape, "cuda"), dtype="bfloat16", gpu_memory_utilization=0.3)
     sp = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.answer_tokens, min_tokens=args.answer_tokens, seed=0)
     run = lambda: llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
     run()
@@ -31,6 +30,7 @@ def vllm_path(args, prompts):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_shape_argument(ap)
     ap.add_argument("--answer-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=2, help="measured A/B pairs after one warm-up pair")
     ap.add_argument("--threads", type=int, default=1)
@@ -39,16 +39,15 @@ def main():
     print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")
     from policyalign.models import generate
     from policyalign.policy import Prompter, load_policy
-    model, tok = load_bench_model(args.device)
+    model, tok = load_bench_model(args.device, shape=args.shape)
     model.eval()
-    model.get_base_model().generation_config.min_new_tokens = args.answer_tokens
     prompts = [Prompter(tok, load_policy("general")).student(r) for r in REQUESTS]
     variants = {"batched (8)": 8, "one at a time": 1}
     tps = {k: [] for k in variants}
     for i in range(1 + args.reps):
         for name, bs in variants.items():
             g, dt, _ = timed(lambda: generate(model, tok, prompts, max_new_tokens=args.answer_tokens, temperature=1.0,
-                                              seed=i, batch_size=bs), args.device)
+                                              seed=i, batch_size=bs, min_new_tokens=args.answer_tokens), args.device)
             n = sum(map(len, g.answer_ids))
             print(f"{'warm-up' if i == 0 else 'rep ' + str(i)}: {name:14s} {n} tokens in {dt:6.2f} s = {n / dt:6.1f} tokens/s  load {load()}", flush=True)
             if i: tps[name].append(n / dt)

@@ -19,7 +19,7 @@ Last line: `fraction_of_peak=<x>`. Run: `python bench/roofline.py [--device cuda
 from __future__ import annotations
 import argparse, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, load, load_bench_model, median, setup, sync
+from _common import REQUESTS, load, add_shape_argument, load_bench_model, median, setup, sync
 
 
 def matmul_peak(device, sizes, repeats):
@@ -40,6 +40,7 @@ def matmul_peak(device, sizes, repeats):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_shape_argument(ap)
     ap.add_argument("--sizes", default="256,512,1024,2048")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--answer-tokens", type=int, default=32)
@@ -53,11 +54,11 @@ def main():
     from policyalign.distill import DistillConfig, distill_step, make_optimizer
     from policyalign.policy import Prompter, load_policy
     from policyalign.rollout import PolicyPrefix
-    model, tok = load_bench_model(args.device)
-    model.get_base_model().generation_config.min_new_tokens = args.answer_tokens
+    model, tok = load_bench_model(args.device, shape=args.shape)
     P = sum(p.numel() for n, p in model.get_base_model().named_parameters() if "lora_" not in n)
     pr = Prompter(tok, load_policy("general"))
-    cfg = DistillConfig(steps=10_000, batch_size=8, micro_batch_size=8, rollout_batch_size=8, max_new_tokens=args.answer_tokens)
+    cfg = DistillConfig(steps=10_000, batch_size=8, micro_batch_size=8, rollout_batch_size=8, max_new_tokens=args.answer_tokens,
+                         min_new_tokens=args.answer_tokens)
     opt, sched = make_optimizer(model, cfg)
     prefix = None if args.no_prefix_cache else PolicyPrefix(pr)
     s_p, t_p = [pr.student(r) for r in REQUESTS], [pr.teacher(r) for r in REQUESTS]

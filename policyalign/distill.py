@@ -38,6 +38,7 @@ class DistillConfig:
     rollout_batch_size: int = 64    # answers generated together
     samples: int = 1                # answers sampled per request
     max_new_tokens: int = 1024
+    min_new_tokens: int = 0         # EOS suppressed before this length: fixed-length answers for benchmarks (not the student's own distribution)
     temperature: float = 1.0
     teacher: str = "frozen"         # 'frozen', 'ema' or 'live'
     ema_decay: float = 0.99
@@ -118,7 +119,8 @@ def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillC
     t0 = time.perf_counter()
     set_seed(cfg.seed * 100_003 + step + 7 * _rank())   # the step's randomness depends on (seed, step, rank) only: exact resume
     s_p,t_p = prepare_prompts(prompter, requests, cfg.max_new_tokens, context_length(model))
-    g = rollout(model, s_p, tok, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size, samples=cfg.samples)
+    g = rollout(model, s_p, tok, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size, samples=cfg.samples,
+                min_new_tokens=cfg.min_new_tokens)
     rep = lambda xs: [x for x in xs for _ in range(cfg.samples)]
     s_p,t_p,ans = rep(s_p),rep(t_p),g.answer_ids
     n_tok = _global_sum(sum(max(1, len(a)) for a in ans))

@@ -161,6 +161,8 @@ def _load_base(path, cfg):
 def _prepare_4bit(model, cfg):
     "Freeze the 4-bit base and turn on gradient checkpointing. Unlike peft's `prepare_model_for_kbit_training`, the unquantised weights (embeddings, head, norms) stay in the compute dtype instead of float32."
     for p in model.parameters(): p.requires_grad_(False)
+    for m in model.modules():   # on CPU, bitsandbytes repacks weights for inference at the first eval-mode pass; training cannot run on that layout
+        if hasattr(m, "support_avx512bf16_for_cpu"): m.support_avx512bf16_for_cpu = False
     if cfg.gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
@@ -267,13 +269,13 @@ def _trim(row, eos, pad):
 
 # %% ../nbs/02_models.ipynb #e23c12ee
 def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temperature:float=1.0, top_p:float=1.0,
-             seed:int|None=None, batch_size:int=8, progress:bool=False) -> Generation:
-    "Generate one answer per tokenised prompt, in left-padded batches; `temperature=0` is greedy."
+             seed:int|None=None, batch_size:int=8, progress:bool=False, min_new_tokens:int=0) -> Generation:
+    "Generate one answer per tokenised prompt, in left-padded batches; `temperature=0` is greedy; `min_new_tokens` suppresses EOS until then."
     import torch
     from tqdm.auto import tqdm
     if seed is not None: torch.manual_seed(seed)
     eos,pad = eos_ids(model, tok),tok.pad_token_id
-    kw = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos))
+    kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos))
     kw |= dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
     answers,done = [],[]
     dev = next(model.parameters()).device

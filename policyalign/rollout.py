@@ -41,12 +41,12 @@ def prepare_prompts(prompter:Prompter, requests:list[str], max_new_tokens:int, m
 
 # %% ../nbs/05a_rollout.ipynb #1ce9029f
 def rollout(model, prompts:list[list[int]], tok, max_new_tokens:int=256, temperature:float=1.0, seed:int|None=None,
-            batch_size:int=8, samples:int=1, progress:bool=False) -> Generation:
+            batch_size:int=8, samples:int=1, progress:bool=False, min_new_tokens:int=0) -> Generation:
     "The student (adapter on, no policy) samples `samples` answers per prompt."
     was_training = model.training
     model.eval()
     try: return generate(model, tok, [p for p in prompts for _ in range(samples)], max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=1.0, seed=seed, batch_size=batch_size, progress=progress)
+                         temperature=temperature, top_p=1.0, seed=seed, batch_size=batch_size, progress=progress, min_new_tokens=min_new_tokens)
     finally: model.train(was_training)
 
 # %% ../nbs/05a_rollout.ipynb #ab2f3764
