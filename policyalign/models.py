@@ -12,8 +12,9 @@ from .policy import Policy, Prompter
 
 # %% auto #0
 __all__ = ['EMBEDDED_MODELS', 'PRECISIONS', 'embedded_model_dir', 'resolve_model', 'resolve_precision', 'torch_dtype',
-           'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'compute_dtype', 'autocast',
-           'Generation', 'eos_ids', 'left_pad', 'plain_generation_config', 'generate', 'chat', 'fingerprint']
+           'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'memory_estimate', 'compute_dtype',
+           'autocast', 'Generation', 'eos_ids', 'left_pad', 'plain_generation_config', 'generate', 'chat',
+           'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
 log = get_logger(__name__)
@@ -203,6 +204,24 @@ def load_model(cfg:ModelConfig|str|None=None, lora:bool=True):
     how = "4-bit NF4 base + LoRA (QLoRA)" if cfg.four_bit else f"{cfg.resolved_precision} base + LoRA"
     log.info(f"loaded {cfg.name} on {cfg.device_map['']}: {how}, computing in {cfg.resolved_precision}" + ("" if lora else " (adapter not attached)"))
     with _quiet_loading(): return (add_lora(model, cfg) if lora else model), tok
+
+# %% ../nbs/02_models.ipynb #f5cfb29b
+def memory_estimate(config, lora_r:int=16, precision:str="bf16", four_bit:bool=True) -> dict[str, float]:
+    "Bytes, computed from `config`: `base` (4-bit or `precision`), `unquantised` (in `precision`), `lora_training` and `kv_per_token`."
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+    with init_empty_weights(): m = AutoModelForCausalLM.from_config(config)
+    m.tie_weights()
+    head,half = m.get_output_embeddings(),torch_dtype(precision).itemsize
+    linear = [l for l in m.modules() if isinstance(l, torch.nn.Linear) and l is not head]
+    quantised = sum(l.weight.numel() for l in linear)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return dict(parameters=sum(p.numel() for p in m.parameters()),
+                base=quantised * ((0.5 + 1/64 + 4/(64*256)) if four_bit else half),
+                unquantised=(sum(p.numel() for p in m.parameters()) - quantised) * half,
+                lora_training=16 * sum(lora_r * (l.in_features + l.out_features) for l in linear),
+                kv_per_token=2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * half)
 
 # %% ../nbs/02_models.ipynb #c8b2815f
 def compute_dtype(model):

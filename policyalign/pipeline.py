@@ -275,6 +275,7 @@ def _check_fits(cfg, policy, model, tok):
 def _set_runtime(cfg) -> dict:
     "Fix what decides floating-point results: the thread count (when set) and deterministic algorithms; returns both for config.json."
     if cfg.threads: torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS; read when CUDA first multiplies
     torch.use_deterministic_algorithms(True, warn_only=True)
     return dict(threads=torch.get_num_threads(), deterministic_algorithms=True)
 
