@@ -13,7 +13,7 @@ from .policy import Policy, Prompter
 # %% auto #0
 __all__ = ['EMBEDDED_MODELS', 'PRECISIONS', 'embedded_model_dir', 'resolve_model', 'resolve_precision', 'torch_dtype',
            'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'memory_estimate', 'compute_dtype',
-           'autocast', 'Generation', 'eos_ids', 'left_pad', 'plain_generation_config', 'generate', 'chat',
+           'autocast', 'Generation', 'eos_ids', 'left_pad', 'eval_mode', 'plain_generation_config', 'generate', 'chat',
            'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
@@ -43,7 +43,8 @@ def _convert_gguf(src:Path, fname:str, dest:Path):
 def embedded_model_dir(name:str="smollm2-135m") -> Path:
     "Folder of the embedded model as safetensors, converted from its GGUF file on first use."
     pkg,fname,dist = EMBEDDED_MODELS[name]
-    dest = cache_dir()/"models"/name
+    import transformers
+    dest = cache_dir()/"models"/f"{name}-transformers{transformers.__version__.split('.')[0]}"   # tokenizer files differ between majors
     if (dest/"model.safetensors").exists(): return dest
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
@@ -268,6 +269,14 @@ def left_pad(rows:list[list[int]], pad:int, width:int|None=None):
     return ids,mask
 
 @contextlib.contextmanager
+def eval_mode(model):
+    "Eval mode for a pass without gradient: no dropout, and checkpointed layers keep their KV cache (transformers drops it in training mode)."
+    was = model.training
+    model.eval()
+    try: yield
+    finally: model.train(was)
+
+@contextlib.contextmanager
 def plain_generation_config(model):
     "Within this context `model.generate` sees no sampling settings of the model's own: only its special-token ids."
     from transformers import GenerationConfig
@@ -300,7 +309,7 @@ def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temper
     dev = next(model.parameters()).device
     for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
         ids,mask = left_pad(prompts[i:i+batch_size], pad)
-        with torch.no_grad(), plain_generation_config(model), autocast(model):
+        with torch.no_grad(), eval_mode(model), plain_generation_config(model), autocast(model):
             out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
         for row in out[:, ids.shape[1]:].tolist():
             a,f = _trim(row, eos, pad); answers.append(a); done.append(f)

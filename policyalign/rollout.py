@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from .core import PolicyAlignError
 from .losses import chunked_head_divergence
-from .models import Generation, autocast, generate, left_pad
+from .models import Generation, autocast, eval_mode, generate, left_pad
 from .policy import Prompter
 
 # %% auto #0
@@ -43,11 +43,8 @@ def prepare_prompts(prompter:Prompter, requests:list[str], max_new_tokens:int, m
 def rollout(model, prompts:list[list[int]], tok, max_new_tokens:int=256, temperature:float=1.0, seed:int|None=None,
             batch_size:int=8, samples:int=1, progress:bool=False, min_new_tokens:int=0) -> Generation:
     "The student (adapter on, no policy) samples `samples` answers per prompt."
-    was_training = model.training
-    model.eval()
-    try: return generate(model, tok, [p for p in prompts for _ in range(samples)], max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=1.0, seed=seed, batch_size=batch_size, progress=progress, min_new_tokens=min_new_tokens)
-    finally: model.train(was_training)
+    return generate(model, tok, [p for p in prompts for _ in range(samples)], max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_p=1.0, seed=seed, batch_size=batch_size, progress=progress, min_new_tokens=min_new_tokens)
 
 # %% ../nbs/05a_rollout.ipynb #ab2f3764
 @dataclass
@@ -105,14 +102,6 @@ def _lm_parts(model):
                                "leave lm_head out of lora_targets and modules_to_save ('all-linear' already does)")
     return base.get_decoder(),head,head_scale(base.config)
 
-@contextlib.contextmanager
-def _inference(model):
-    "Eval mode for a pass without gradient: no dropout, and checkpointed layers keep the KV cache (older transformers drop it in training mode)."
-    was = model.training
-    model.eval()
-    try: yield
-    finally: model.train(was)
-
 def _positions(mask, offset=0): return offset + (mask.cumsum(-1) - 1).clamp(min=0)
 
 def _cache_kw(dec, cache):
@@ -144,7 +133,7 @@ def teacher_hidden(model, batch:PairBatch, L:int, mode:str="frozen", prefix:Poli
     "Teacher hidden states `(bs, L, d)` predicting the last `L` columns, without gradient (using the prefix cache when it applies)."
     from transformers import DynamicCache
     dec = _lm_parts(model)[0]
-    with torch.no_grad(), teacher_weights(model, mode), _inference(model):
+    with torch.no_grad(), teacher_weights(model, mode), eval_mode(model):
         if prefix is not None and not prefix.matches(batch.teacher_prompts) and not prefix.warned:
             prefix.warned = True
             warnings.warn("some teacher prompts do not start with the cached policy prefix: those batches run without the cache (correct, slower)")

@@ -76,5 +76,6 @@ def test_embedded_model_converts_safely_in_two_processes_at_once(tmp_path):
     ps = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in ps]
     assert [p.returncode for p in ps] == [0, 0], [err[-2000:] for _,err in outs]
-    assert (tmp_path/"models"/"smollm2-135m"/"model.safetensors").exists()
+    import transformers
+    assert (tmp_path/"models"/f"smollm2-135m-transformers{transformers.__version__.split('.')[0]}"/"model.safetensors").exists()
     assert not [p.name for p in (tmp_path/"models").iterdir() if ".tmp" in p.name]
