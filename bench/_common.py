@@ -106,36 +106,38 @@ def load_bench_model(device: str, lora: bool = True, shape: str = "smollm2-135m"
 
 def add_shape_argument(ap):
     ap.add_argument("--shape", default="smollm2-135m", choices=list(SHAPES),
-                    help="the embedded model, or random weights at a real model's size (bench/configs/)")
+                    help="the embedded model, or random weights at a real model's size (policyalign/shapes/)")
 
 
 
-# Model shapes for `--shape`: random weights at the size of a real model, built from the configs in bench/configs/.
-SHAPES = {"smollm2-135m": None, "toy": "qwen2.5-1.5b-instruct.json",
-          "qwen2.5-1.5b": "qwen2.5-1.5b-instruct.json", "qwen2.5-7b": "qwen2.5-7b-instruct.json"}
+# Model shapes for `--shape`: random weights at the size of a real model, from the configs shipped in policyalign/shapes/.
+SHAPES = {"smollm2-135m": None, "toy": "qwen2.5-1.5b-instruct", "qwen2.5-1.5b": "qwen2.5-1.5b-instruct", "qwen2.5-7b": "qwen2.5-7b-instruct"}
 TOY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
+def bench_config(shape: str, vocab_at_least: int = 0, **ids):
+    "The transformers config of `shape` (`toy`: the 1.5B config shrunk to 2 layers of width 64)."
+    from policyalign.models import shape_config
+    cfg = shape_config(SHAPES[shape], **(TOY if shape == "toy" else {}), **ids)
+    cfg.vocab_size = max(cfg.vocab_size, vocab_at_least)
+    return cfg
+
+
 def shape_model_dir(shape: str, device: str = "cpu", root: str | None = None) -> str:
-    """A folder holding a random-weight model of `shape` (`toy` is the 1.5B config shrunk to 2 layers of width 64) with
-    the embedded model's tokenizer and chat template, built once per `root`. `smollm2-135m` is the real embedded model."""
-    import json, tempfile, torch
+    """A folder holding a random-weight model of `shape` with the embedded model's tokenizer and chat template, built
+    once per `root`. `smollm2-135m` is the real embedded model."""
+    import tempfile, torch
     from pathlib import Path
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from policyalign.models import embedded_model_dir
     if SHAPES[shape] is None: return str(embedded_model_dir())
     folder = Path(root or tempfile.gettempdir())/f"policyalign-shape-{shape}"
     if (folder/"model.safetensors").exists() or (folder/"model.safetensors.index.json").exists(): return str(folder)
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    spec = json.loads((Path(__file__).parent/"configs"/SHAPES[shape]).read_text())
-    if shape == "toy": spec |= TOY
-    spec |= dict(vocab_size=max(spec["vocab_size"], len(tok)), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                 pad_token_id=tok.pad_token_id)
-    cfg = AutoConfig.for_model(**{k: v for k, v in spec.items() if k not in ("architectures", "torch_dtype")})
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    cfg = bench_config(shape, len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     with torch.device("cuda" if device == "cuda" else "cpu"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
     del model

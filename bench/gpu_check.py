@@ -1,6 +1,6 @@
 """GPU self-check: the QLoRA path at real model shapes, on one GPU, in about ten minutes, downloading nothing.
 
-Each shape is a random-weight model built from a config in bench/configs/ (Qwen2.5-1.5B-Instruct, Qwen2.5-7B-Instruct)
+Each shape is a random-weight model built from a config in policyalign/shapes/ (Qwen2.5-1.5B-Instruct, Qwen2.5-7B-Instruct)
 with the embedded model's tokenizer, loaded through `policyalign.models.load_model` in 4-bit NF4 with LoRA, as users
 load a real model. The checks:
 

@@ -17,8 +17,7 @@ Last line: `ratio peak_mem=<chunked/naive>`. Run: `python bench/loss_memory.py [
 from __future__ import annotations
 import argparse, json, os, subprocess, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pathlib import Path
-from _common import SHAPES, TOY, PeakMemory, load, median, mib, setup
+from _common import SHAPES, PeakMemory, bench_config, load, median, mib, setup
 
 
 def run_variant(args):
@@ -61,8 +60,8 @@ def main():
     ap.add_argument("--variant", choices=["chunked", "naive"], help=argparse.SUPPRESS)  # set in the subprocesses
     args = ap.parse_args()
     if args.shape:
-        spec = json.loads((Path(__file__).parent/"configs"/SHAPES[args.shape]).read_text())
-        args.hidden, args.vocab = (TOY if args.shape == "toy" else spec)["hidden_size"], spec["vocab_size"]
+        cfg = bench_config(args.shape)
+        args.hidden, args.vocab = cfg.hidden_size, cfg.vocab_size
     if args.variant:
         setup(args.device, args.threads); return run_variant(args)
     print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")

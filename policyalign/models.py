@@ -11,10 +11,10 @@ from .core import PolicyAlignError, cache_dir, get_logger, stable_hash
 from .policy import Policy, Prompter
 
 # %% auto #0
-__all__ = ['EMBEDDED_MODELS', 'PRECISIONS', 'embedded_model_dir', 'resolve_model', 'resolve_precision', 'torch_dtype',
-           'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'memory_estimate', 'compute_dtype',
-           'autocast', 'Generation', 'eos_ids', 'left_pad', 'eval_mode', 'plain_generation_config', 'generate', 'chat',
-           'fingerprint']
+__all__ = ['EMBEDDED_MODELS', 'PRECISIONS', 'SHAPES', 'embedded_model_dir', 'resolve_model', 'resolve_precision', 'torch_dtype',
+           'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'memory_estimate', 'shape_config',
+           'compute_dtype', 'autocast', 'Generation', 'eos_ids', 'left_pad', 'eval_mode', 'plain_generation_config',
+           'generate', 'chat', 'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
 log = get_logger(__name__)
@@ -223,6 +223,18 @@ def memory_estimate(config, lora_r:int=16, precision:str="bf16", four_bit:bool=T
                 unquantised=(sum(p.numel() for p in m.parameters()) - quantised) * half,
                 lora_training=16 * sum(lora_r * (l.in_features + l.out_features) for l in linear),
                 kv_per_token=2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * half)
+
+# %% ../nbs/02_models.ipynb #628093f7
+SHAPES = ("qwen2.5-1.5b-instruct", "qwen2.5-7b-instruct")
+
+def shape_config(name:str, **changes):
+    "The transformers config of a shape in `SHAPES` (architecture only, no weights), with `changes` applied."
+    import json
+    from importlib.resources import files
+    from transformers import AutoConfig
+    if name not in SHAPES: raise PolicyAlignError(f"no shipped shape {name!r}", f"use one of {', '.join(SHAPES)}, or AutoConfig.from_pretrained(hub_id)")
+    spec = json.loads((files("policyalign")/"shapes"/f"{name}.json").read_text()) | changes
+    return AutoConfig.for_model(**{k: v for k,v in spec.items() if k not in ("architectures", "torch_dtype")})
 
 # %% ../nbs/02_models.ipynb #c8b2815f
 def compute_dtype(model):
