@@ -8,8 +8,8 @@ import contextlib, hashlib, json, logging, os, random, tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PolicyAlignError', 'get_logger', 'atomic_write', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'set_seed',
-           'stable_hash', 'cache_dir']
+__all__ = ['PolicyAlignError', 'get_logger', 'atomic_write', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'JsonlCache',
+           'set_seed', 'stable_hash', 'cache_dir']
 
 # %% ../nbs/00_core.ipynb #7e60d25d
 class PolicyAlignError(Exception):
@@ -87,6 +87,36 @@ def read_jsonl(path) -> list[dict]:
                 raise PolicyAlignError(f"{path} is corrupted at line {i} ({e.msg})",
                                        "delete the file and rerun: the stage that wrote it will recompute it") from e
     return rows
+
+# %% ../nbs/00_core.ipynb #5b6c2cb9
+class JsonlCache:
+    "A key -> value store in an append-only JSON-lines file; a torn last line (a crash mid-write) is dropped."
+    def __init__(self, path):
+        self.path,self.data = Path(path),{}
+        if self.path.exists(): self._load()
+
+    def _load(self):
+        raw = self.path.read_bytes()
+        whole,bad = raw[:raw.rfind(b"\n") + 1],0                 # every complete line
+        for line in whole.splitlines():
+            try: r = json.loads(line); self.data[r["key"]] = r["value"]
+            except (ValueError, KeyError, TypeError): bad += 1
+        if bad: get_logger().warning(f"ignoring {bad} damaged line(s) in {self.path}")
+        if len(whole) < len(raw):
+            with open(self.path, "r+b") as f: f.truncate(len(whole))
+
+    def __contains__(self, key): return key in self.data
+    def __getitem__(self, key): return self.data[key]
+    def __len__(self): return len(self.data)
+    def get(self, key, default=None): return self.data.get(key, default)
+
+    def put(self, new:dict):
+        "Add or replace the records `{key: value}`, one appended line each."
+        if not new: return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            for k,v in new.items(): f.write(json.dumps({"key": k, "value": v}, ensure_ascii=False, default=str) + "\n")
+        self.data.update(new)
 
 # %% ../nbs/00_core.ipynb #0780f635
 def set_seed(seed:int):

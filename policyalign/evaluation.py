@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, csv, json, math, os, random, re
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
-from .core import PolicyAlignError, cache_dir, get_logger, read_json, read_jsonl, set_seed, stable_hash, write_json, write_jsonl, atomic_write
+from .core import JsonlCache, PolicyAlignError, cache_dir, get_logger, read_json, read_jsonl, set_seed, stable_hash, write_json, write_jsonl, atomic_write
 from .policy import Policy, Prompter
 from .refusal import answer_kind
 from .models import autocast, fingerprint, generate, left_pad, local_device, resolve_precision, torch_dtype
@@ -20,7 +20,7 @@ __all__ = ['HUB_MIRRORS', 'SUITE_KINDS', 'HELD_OUT_SPLITS', 'TRIDENT_FILES', 'SU
            'GUARD_FAMILIES', 'POLICY_JUDGE_SYSTEM', 'POLICY_JUDGE_USER', 'ROWS', 'SAFETY_METRICS', 'data_root',
            'read_rows', 'Suite', 'subsample', 'make_suite', 'load_strongreject', 'load_advbench', 'load_harmbench',
            'load_xstest', 'load_synth', 'load_mmlu', 'load_gsm8k', 'load_trident', 'load_medsafetybench', 'load_suite',
-           'Verdict', 'JsonlCache', 'Judge', 'RefusalJudge', 'judge_agreement', 'parse_qwen3guard', 'parse_llamaguard',
+           'Verdict', 'Judge', 'RefusalJudge', 'judge_agreement', 'parse_qwen3guard', 'parse_llamaguard',
            'guard_family', 'GuardJudge', 'parse_policy_verdict', 'PolicyJudge', 'ChatCompleter', 'outcomes',
            'suite_metrics', 'row_context', 'base_fingerprint', 'row_fingerprint', 'answer', 'mc_prompt',
            'choice_correct', 'last_number', 'EvalConfig', 'build_suites', 'make_judges', 'evaluate_suite', 'gap_table',
@@ -251,19 +251,6 @@ class Verdict:
     categories: list[str] = field(default_factory=list)
     label: str|None = None
     raw: str = ""
-
-# %% ../nbs/07_evaluation.ipynb #7d625aee
-class JsonlCache:
-    "A key -> record store in one JSON-lines file; each `put` rewrites the file atomically."
-    def __init__(self, path):
-        self.path = Path(path)
-        self.data = {r["key"]: r["value"] for r in read_jsonl(self.path)} if self.path.exists() else {}
-    def __contains__(self, k): return k in self.data
-    def __getitem__(self, k): return self.data[k]
-    def __len__(self): return len(self.data)
-    def put(self, new:dict):
-        self.data.update(new)
-        write_jsonl(self.path, ({"key": k, "value": v} for k,v in self.data.items()))
 
 # %% ../nbs/07_evaluation.ipynb #41f05287
 class Judge:

@@ -9,14 +9,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, atomic_write, cache_dir, get_logger, read_jsonl, set_seed, stable_hash, write_jsonl
+from .core import JsonlCache, PolicyAlignError, atomic_write, cache_dir, get_logger, read_jsonl, set_seed, stable_hash, write_jsonl
 from .models import fingerprint
 from .policy import Policy, Prompter
 from .rollout import PolicyPrefix, answer_scores, context_length, pair_batch, prepare_prompts, rollout, score_tokens
 
 # %% auto #0
-__all__ = ['SCORES', 'FilterConfig', 'ScoreCache', 'score_requests', 'flip_scores', 'select_sensitive', 'filter_requests',
-           'plot_filtering']
+__all__ = ['SCORES', 'FilterConfig', 'score_requests', 'flip_scores', 'select_sensitive', 'filter_requests', 'plot_filtering']
 
 # %% ../nbs/04_filtering.ipynb #7f006e64
 log = get_logger(__name__)
@@ -62,23 +61,6 @@ class FilterConfig:
         return dict(samples=self.samples, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                     divergence=self.divergence, top_k=self.top_k, seed=self.seed)
 
-# %% ../nbs/04_filtering.ipynb #093584ba
-class ScoreCache:
-    "An append-only JSON-lines cache of request scores; a torn last line (from a crash) is ignored."
-    def __init__(self, path):
-        self.path,self.rows = Path(path),{}
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try: r = json.loads(line); self.rows[r["key"]] = r
-                except (json.JSONDecodeError, KeyError): log.warning(f"ignoring a corrupted line in {self.path}")
-
-    def get(self, key): return self.rows.get(key)
-    def add(self, rows:list[dict]):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            for r in rows: f.write(json.dumps(r, ensure_ascii=False) + "\n"); self.rows[r["key"]] = r
-            f.flush()
-
 # %% ../nbs/04_filtering.ipynb #3cd780ca
 def _mean_std(xs): return (statistics.fmean(xs), statistics.pstdev(xs) if len(xs) > 1 else 0.0)
 
@@ -109,8 +91,8 @@ def score_requests(model, tok, policy:Policy, requests:list[str], cfg:FilterConf
     s_p,t_p = prepare_prompts(pr, requests, cfg.max_new_tokens, context_length(model))
     fp = fingerprint(model)
     keys = [stable_hash(fp, policy.render(), r, cfg.sampling()) for r in requests]
-    cache = ScoreCache(cache_path or cache_dir()/"scores"/f"{stable_hash(fp, policy.render())}.jsonl") if cfg.cache else None
-    todo = [i for i,k in enumerate(keys) if not (cache and cache.get(k))]
+    cache = JsonlCache(cache_path or cache_dir()/"scores"/f"{stable_hash(fp, policy.render())}.jsonl") if cfg.cache else None
+    todo = [i for i,k in enumerate(keys) if cache is None or k not in cache]
     prefix = PolicyPrefix(pr) if cfg.prefix_cache else None
     set_seed(cfg.seed)
     done = {}
@@ -119,8 +101,8 @@ def score_requests(model, tok, policy:Policy, requests:list[str], cfg:FilterConf
         rows = _score_batch(model, tok, [s_p[i] for i in idx], [t_p[i] for i in idx], cfg, prefix, seed=cfg.seed + b)
         rows = [dict(key=keys[i], request=requests[i], **r) for i,r in zip(idx, rows)]
         done.update({r["key"]: r for r in rows})
-        if cache: cache.add(rows)
-    if cache and len(todo) < len(requests): log.info(f"filtering: {len(requests) - len(todo)} of {len(requests)} scores reused from {cache.path}")
+        if cache is not None: cache.put({r["key"]: r for r in rows})
+    if cache is not None and len(todo) < len(requests): log.info(f"filtering: {len(requests) - len(todo)} of {len(requests)} scores reused from {cache.path}")
     return [done.get(k) or cache.get(k) for k in keys]
 
 # %% ../nbs/04_filtering.ipynb #55ae3526

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from policyalign.core import PolicyAlignError, read_json, read_jsonl
-from policyalign.evaluation import (EvalConfig, GuardJudge, JsonlCache, PolicyJudge, RefusalJudge, Suite, Verdict, data_root,
+from policyalign.core import JsonlCache
+from policyalign.evaluation import (EvalConfig, GuardJudge, PolicyJudge, RefusalJudge, Suite, Verdict, data_root,
                                     evaluate, load_strongreject, load_synth, load_xstest, load_mmlu, parse_llamaguard,
                                     parse_policy_verdict, parse_qwen3guard, rate)
 from policyalign.models import ModelConfig, add_lora

@@ -97,3 +97,27 @@ def test_scores_do_not_depend_on_batching(tiny_setup, items, bs):
         for i in range(0, len(items), bs):
             parts += answer_scores(*score_tokens(m, pair_batch(s_p[i:i+bs], t_p[i:i+bs], ans[i:i+bs], tok.pad_token_id)))["kl"]
     assert all(math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) for a,b in zip(whole, parts))
+
+
+# --- the crash-tolerant cache ----------------------------------------------------------------------------------
+values = st.one_of(st.integers(), st.text(max_size=20), st.lists(st.floats(allow_nan=False), max_size=3))
+puts = st.lists(st.dictionaries(st.sampled_from("abcdefgh"), values, min_size=1, max_size=3), min_size=1, max_size=8)
+
+@SETTINGS
+@given(puts, st.floats(0, 1), puts)
+def test_cache_keeps_every_complete_record_through_a_crash(tmp_path_factory, before, where, after):
+    "Puts, then a crash that cuts the file at any byte, then more puts: every record written whole survives."
+    from policyalign.core import JsonlCache
+    path = tmp_path_factory.mktemp("cache")/"c.jsonl"
+    c = JsonlCache(path)
+    for p in before: c.put(p)
+    raw = path.read_bytes()
+    cut = int(where * len(raw))
+    path.write_bytes(raw[:cut])                                 # the crash
+    expected = {}
+    for line in raw[:cut].split(b"\n")[:-1]:                    # the lines that were complete before the cut
+        r = __import__("json").loads(line); expected[r["key"]] = r["value"]
+    c = JsonlCache(path)
+    assert c.data == expected
+    for p in after: c.put(p); expected.update(p)
+    assert JsonlCache(path).data == expected                    # appends after a crash are whole records too
