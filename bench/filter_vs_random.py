@@ -24,7 +24,7 @@ def main():
     from policyalign.models import ModelConfig, load_model
     from policyalign.policy import load_policy
     from policyalign.synthesis import import_seeds
-    from policyalign.evaluation import data_root
+    from policyalign.suites import data_root
     from policyalign.filtering import FilterConfig, score_requests
     from policyalign.distill import DistillConfig, distill, heldout_policy_kl
     t0 = time.time()

@@ -8,7 +8,7 @@ import contextlib, statistics
 from dataclasses import dataclass, asdict
 import torch
 from .core import PolicyAlignError, get_logger
-from .models import generate
+from .models import generate, model_name
 from .policy import Policy, Prompter
 from .refusal import answer_kind, prescribed_responses
 from .rollout import PolicyPrefix, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens, teacher_weights
@@ -176,7 +176,7 @@ def oracle_check(model, tok, policy:Policy, cfg:CheckConfig|None=None, progress:
 
 def _model_name(model) -> str:
     from pathlib import Path
-    n = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
+    n = model_name(model)
     return Path(n).name if n.startswith("/") else n
 
 # %% ../nbs/05b_check.ipynb #1db46d71

@@ -14,7 +14,7 @@ from .policy import Policy, Prompter
 __all__ = ['EMBEDDED_MODELS', 'PRECISIONS', 'SHAPES', 'embedded_model_dir', 'resolve_model', 'resolve_precision', 'torch_dtype',
            'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'memory_estimate', 'shape_config',
            'compute_dtype', 'autocast', 'Generation', 'eos_ids', 'left_pad', 'eval_mode', 'plain_generation_config',
-           'generate', 'chat', 'fingerprint']
+           'generate', 'chat', 'model_name', 'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
 log = get_logger(__name__)
@@ -341,12 +341,15 @@ def _adapter_weights(model):
     "Every LoRA weight (trainable or not) and any other trainable weight, in a stable order."
     return [(n,p) for n,p in model.named_parameters() if p.requires_grad or "lora_" in n]
 
+def model_name(model) -> str:
+    "The name or folder the model was loaded from ('' when it was built in memory)."
+    return getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+
 def fingerprint(model, extra:str="") -> str:
     "A short hash of the model's name, its active adapter and the bytes of its adapter weights."
     import hashlib, torch
     h = hashlib.sha256()
-    name = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
-    h.update(f"{name}|{extra}|{getattr(model, 'active_adapter', '')}".encode())
+    h.update(f"{model_name(model)}|{extra}|{getattr(model, 'active_adapter', '')}".encode())
     with torch.no_grad():
         for n,p in _adapter_weights(model):
             h.update(n.encode()); h.update(p.detach().float().cpu().contiguous().numpy().tobytes())

@@ -12,7 +12,9 @@ import torch
 from .core import PolicyAlignError, atomic_write, get_logger, read_json, read_jsonl, set_seed, stable_hash, write_json, write_jsonl
 from .policy import Policy, load_policy
 from .models import ModelConfig, load_model
-from .synthesis import POLICY_TEXT, SynthConfig, LocalGenerator, OpenAIGenerator, synthesize, import_seeds
+from .generators import LocalGenerator, OpenAIGenerator
+from .rollout import teacher_weights
+from .synthesis import POLICY_TEXT, SynthConfig, synthesize, import_seeds
 from .filtering import FilterConfig, filter_requests, plot_filtering
 from .distill import DistillConfig, distill, plot_training
 from .plots import save_figure
@@ -175,7 +177,7 @@ def _gate(cfg:PipelineConfig, state:dict, todo:list):
 def run_synthesis(cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> dict:
     "Stage 1: synthesize (and import seeds), hold out part for evaluation; writes synthesis.jsonl and heldout.jsonl."
     gen = OpenAIGenerator(cfg.generator_url, cfg.generator_model, timeout=cfg.generator_timeout) if cfg.generator_url else LocalGenerator(model, tok, name=cfg.model.name)
-    with _adapter_off(model): rows = synthesize(policy, gen, cfg.synth, out_dir=out).to_list()
+    with teacher_weights(model, "frozen"): rows = synthesize(policy, gen, cfg.synth, out_dir=out).to_list()
     if cfg.seeds: rows += import_seeds(cfg.seeds, policy, column=_seed_column(cfg.seeds)).to_list()
     train,held = _split_heldout(rows, cfg.heldout_fraction, cfg.seed)
     write_jsonl(out/"synthesis.jsonl", train); write_jsonl(out/"heldout.jsonl", held)
@@ -187,10 +189,6 @@ def run_synthesis(cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> di
 def _seed_column(path):
     head = Path(path).read_text(encoding="utf-8", errors="replace")[:2000]
     return "goal" if "goal" in head else "instruction"
-
-def _adapter_off(model):
-    import contextlib
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 # %% ../nbs/09_pipeline.ipynb #cf16df4a
 def run_filtering(cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> dict:

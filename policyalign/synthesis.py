@@ -4,10 +4,9 @@
 
 # %% ../nbs/03_synthesis.ipynb #297757f7
 from __future__ import annotations
-import csv, json, os, re, socket, threading, time, urllib.error, urllib.request, warnings
+import csv, json, os, re, warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from .core import PolicyAlignError, get_logger, read_jsonl, stable_hash, write_json, write_jsonl
 from .policy import Policy, Rule, load_policy
@@ -15,10 +14,10 @@ from .refusal import is_echo, is_refusal
 
 # %% auto #0
 __all__ = ['TACTICS', 'BENIGN_TACTIC', 'SYSTEM_PROMPT', 'HARMFUL_PROMPT', 'BENIGN_PROMPT', 'PHRASINGS', 'PERSONAS', 'SOURCES',
-           'POLICY_TEXT', 'request_messages', 'LocalGenerator', 'OpenAIGenerator', 'ChatServer', 'parse_items',
-           'clean_items', 'normalize', 'shingles', 'jaccard', 'near_duplicate_pairs', 'dedup_rows', 'is_request',
-           'request_problem', 'rule_actions', 'compose_requests', 'SynthConfig', 'synthesize', 'assign_rule',
-           'import_seeds', 'synthesis_stats', 'format_stats', 'plot_synthesis']
+           'POLICY_TEXT', 'request_messages', 'parse_items', 'clean_items', 'normalize', 'shingles', 'jaccard',
+           'near_duplicate_pairs', 'dedup_rows', 'is_request', 'request_problem', 'rule_actions', 'compose_requests',
+           'SynthConfig', 'synthesize', 'assign_rule', 'import_seeds', 'synthesis_stats', 'format_stats',
+           'plot_synthesis']
 
 # %% ../nbs/03_synthesis.ipynb #5bccb3b3
 log = get_logger(__name__)
@@ -53,143 +52,6 @@ def request_messages(rule:Rule, tactic:str, n:int) -> list[dict]:
     if tactic == BENIGN_TACTIC: user = BENIGN_PROMPT.format(rule=f"{rule.title}: {rule.text}", n=n)
     else: user = HARMFUL_PROMPT.format(rule=f"{rule.title}: {rule.text}", n=n, tactic=TACTICS[tactic])
     return [{"role":"system","content":SYSTEM_PROMPT}, {"role":"user","content":user}]
-
-# %% ../nbs/03_synthesis.ipynb #07247933
-class LocalGenerator:
-    "A chat model loaded in this process (e.g. by `load_model`), used as a request generator."
-    def __init__(self, model, tok, name:str|None=None, batch_size:int=16, top_p:float=0.95):
-        self.model,self.tok,self.batch_size,self.top_p = model,tok,batch_size,top_p
-        path = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
-        self.name = name or (Path(path).name if path else "local")
-
-    def complete(self, conversations:list[list[dict]], temperature:float=0.8, max_tokens:int=256, seed:int|None=None) -> list[str]:
-        "One answer per conversation, generated in batches."
-        from policyalign.models import generate
-        if not conversations: return []
-        texts = [self.tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-        ids = [self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        return generate(self.model, self.tok, ids, max_new_tokens=max_tokens, temperature=temperature, top_p=self.top_p,
-                        seed=seed, batch_size=self.batch_size).texts
-
-    def __repr__(self): return f"LocalGenerator({self.name!r})"
-
-# %% ../nbs/03_synthesis.ipynb #6adc96fd
-class _Retry(Exception): "A failure worth another try (connection, timeout, 5xx)."
-
-def _chat_url(base_url:str) -> str:
-    u = base_url.rstrip("/")
-    return u if u.endswith("/chat/completions") else u + "/chat/completions"
-
-def _content(data, url:str) -> str:
-    "The message text of a chat-completion answer, or a clear error."
-    try: c = data["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError): c = None
-    if not isinstance(c, str):
-        raise PolicyAlignError(f"{url} answered JSON that is not a chat completion: {json.dumps(data)[:200]}",
-                               "check that the URL is an OpenAI-compatible /v1 endpoint")
-    return c
-
-# %% ../nbs/03_synthesis.ipynb #e3ec5d44
-class OpenAIGenerator:
-    "A model behind an OpenAI-compatible chat-completions endpoint (vLLM, TRL, Ollama, a hosted API)."
-    def __init__(self, base_url:str, model:str, api_key_env:str="OPENAI_API_KEY", timeout:float=120.0,
-                 max_retries:int=3, backoff:float=1.0, concurrency:int=4, name:str|None=None):
-        if max_retries < 0 or timeout <= 0: raise PolicyAlignError("max_retries must be >= 0 and timeout > 0")
-        self.url,self.model,self.api_key_env = _chat_url(base_url),model,api_key_env
-        self.timeout,self.max_retries,self.backoff,self.concurrency = timeout,max_retries,backoff,max(1, concurrency)
-        self.name = name or f"openai:{model}"
-
-    def __repr__(self): return f"OpenAIGenerator({self.url!r}, model={self.model!r}, key from ${self.api_key_env})"
-
-    def _scrub(self, s:str) -> str:
-        key = os.environ.get(self.api_key_env)
-        return s.replace(key, "***") if key else s
-
-# %% ../nbs/03_synthesis.ipynb #aa671d3c
-def _once(self:OpenAIGenerator, payload:dict) -> str:
-    "POST one chat request; `_Retry` for failures worth retrying."
-    headers = {"Content-Type": "application/json"}
-    if key := os.environ.get(self.api_key_env): headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(self.url, data=json.dumps(payload).encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp: body = resp.read()
-    except urllib.error.HTTPError as e:
-        if e.code >= 500: raise _Retry(f"HTTP {e.code}") from e
-        fix = f"check the key in ${self.api_key_env}" if e.code in (401, 403) else "check the model name and the URL"
-        raise PolicyAlignError(f"{self.url} answered HTTP {e.code}: {self._scrub(e.read()[:200].decode(errors='replace'))}", fix) from e
-    except (urllib.error.URLError, TimeoutError, ConnectionError, socket.timeout) as e:
-        raise _Retry(type(e).__name__ + ": " + str(getattr(e, "reason", e))) from e
-    try: data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PolicyAlignError(f"{self.url} answered something that is not JSON: {body[:120]!r}",
-                               "check that the URL is an OpenAI-compatible /v1 endpoint") from e
-    return _content(data, self.url)
-OpenAIGenerator._once = _once
-
-# %% ../nbs/03_synthesis.ipynb #d05eaf09
-def _post(self:OpenAIGenerator, payload:dict) -> str:
-    "POST with bounded retries and exponential backoff."
-    last = ""
-    for attempt in range(self.max_retries + 1):
-        try: return self._once(payload)
-        except _Retry as e: last = self._scrub(str(e))
-        if attempt < self.max_retries: time.sleep(min(self.backoff * 2**attempt, 30))
-    raise PolicyAlignError(f"chat endpoint {self.url} failed {self.max_retries + 1} times (last: {last})",
-                           "check that the server is running and reachable, or raise timeout/max_retries")
-OpenAIGenerator._post = _post
-
-def _complete(self:OpenAIGenerator, conversations:list[list[dict]], temperature:float=0.8, max_tokens:int=256,
-              seed:int|None=None) -> list[str]:
-    "One answer per conversation; requests run `concurrency` at a time, answers keep the input order."
-    from concurrent.futures import ThreadPoolExecutor
-    def one(i_c):
-        i,c = i_c
-        p = dict(model=self.model, messages=c, temperature=temperature, max_tokens=max_tokens)
-        if seed is not None: p["seed"] = seed + i
-        return self._post(p)
-    with ThreadPoolExecutor(self.concurrency) as ex: return list(ex.map(one, enumerate(conversations)))
-OpenAIGenerator.complete = _complete
-
-# %% ../nbs/03_synthesis.ipynb #58b0dfd4
-class _QuietServer(ThreadingHTTPServer):
-    "An HTTP server that does not print a traceback when a client gives up (the timeout tests do so on purpose)."
-    daemon_threads = True
-    def handle_error(self, request, client_address): pass
-
-class ChatServer:
-    "Serve `generator` over the OpenAI chat-completions protocol on 127.0.0.1; `fault`/`delay` simulate a broken server."
-    def __init__(self, generator, port:int=0, fault:str|None=None, delay:float=0.0, fail_first:int=1):
-        self.generator,self.fault,self.delay,self.fail_first = generator,fault,delay,fail_first
-        self.requests,self.saw_auth,self.lock = 0,False,threading.Lock()   # one generation at a time: torch's RNG is global
-        self.httpd = _QuietServer(("127.0.0.1", port), _handler(self))
-        self.httpd.daemon_threads = True
-
-    @property
-    def url(self) -> str: return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-    def __exit__(self, *a): self.httpd.shutdown(); self.httpd.server_close()
-
-# %% ../nbs/03_synthesis.ipynb #fddfdcb0
-def _handler(srv:ChatServer):
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a): pass
-        def _send(self, code, body:bytes, ctype="application/json"):
-            self.send_response(code); self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-        def do_POST(self):
-            srv.requests += 1; n = srv.requests
-            srv.saw_auth = srv.saw_auth or bool(self.headers.get("Authorization"))
-            p = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            if srv.delay: time.sleep(srv.delay)
-            if srv.fault == "500" or (srv.fault == "flaky" and n <= srv.fail_first): return self._send(500, b'{"error":"boom"}')
-            if srv.fault == "garbage": return self._send(200, b"<html>surprise</html>", "text/html")
-            with srv.lock: text = srv.generator.complete([p["messages"]], p.get("temperature", 0.8), p.get("max_tokens", 64), p.get("seed"))[0]
-            out = dict(id=f"chat-{n}", object="chat.completion", model=p.get("model", srv.generator.name),
-                       choices=[dict(index=0, message=dict(role="assistant", content=text), finish_reason="stop")])
-            self._send(200, json.dumps(out).encode())
-    return H
 
 # %% ../nbs/03_synthesis.ipynb #45958a9e
 _MARKER = re.compile(r"^\s*(?:[-*+•·–]+\s*|\(?\d{1,3}\s*[.):\]]\s*|\[\d{1,3}\]\s*|#\d+[.:]?\s*"

@@ -47,7 +47,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 @pytest.fixture(scope="module")
 def endpoint_factory():
-    from policyalign.synthesis import ChatServer
+    from policyalign.testing import ChatServer
     class Echo:
         name = "echo"
         def complete(self, convs, temperature=0.8, max_tokens=256, seed=None): return ["1. a request that is long enough to keep"] * len(convs)

@@ -5,9 +5,10 @@ from hypothesis import given, settings, strategies as st
 
 from policyalign.core import PolicyAlignError, read_json, read_jsonl
 from policyalign.core import JsonlCache
-from policyalign.evaluation import (EvalConfig, GuardJudge, PolicyJudge, RefusalJudge, Suite, Verdict, data_root,
-                                    evaluate, load_strongreject, load_synth, load_xstest, load_mmlu, parse_llamaguard,
-                                    parse_policy_verdict, parse_qwen3guard, rate)
+from policyalign.evaluation import EvalConfig, evaluate
+from policyalign.judges import GuardJudge, PolicyJudge, RefusalJudge, Verdict, parse_llamaguard, parse_policy_verdict, parse_qwen3guard
+from policyalign.stats import rate
+from policyalign.suites import Suite, data_root, load_strongreject, load_synth, load_xstest, load_mmlu
 from policyalign.models import ModelConfig, add_lora
 from policyalign.testing import tiny_model, tiny_policy, tiny_prompts, tiny_tokenizer
 
@@ -146,7 +147,7 @@ def test_tiny_evaluation_writes_report(tiny, tmp_path):
 def test_without_a_data_folder_the_suites_come_from_their_hub_mirrors(monkeypatch):
     "Colab: no shared/data anywhere. The default suites are read from the hub mirrors, each with its own config and split."
     import datasets
-    import policyalign.evaluation as ev
+    import policyalign.suites as ev
     def hidden(): raise PolicyAlignError("no benchmark data folder found", "set POLICYALIGN_DATA")
     monkeypatch.setattr(ev, "data_root", hidden)
     fake = {  # the mirrors' real column layouts, two rows each

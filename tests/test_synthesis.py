@@ -7,9 +7,9 @@ from hypothesis import given, settings, strategies as st
 
 from policyalign.core import PolicyAlignError, read_jsonl
 from policyalign.policy import Policy, load_policy
-from policyalign.synthesis import (ChatServer, LocalGenerator, OpenAIGenerator, SynthConfig, TACTICS, dedup_rows,
-                                   import_seeds, near_duplicate_pairs, normalize, parse_items, synthesize)
-from policyalign.testing import tiny_model, tiny_policy, tiny_tokenizer
+from policyalign.generators import LocalGenerator, OpenAIGenerator
+from policyalign.synthesis import (SynthConfig, TACTICS, dedup_rows, import_seeds, near_duplicate_pairs, normalize, parse_items, synthesize)
+from policyalign.testing import ChatServer, tiny_model, tiny_policy, tiny_tokenizer
 
 KEY_ENV, KEY = "PA_TEST_SYNTH_KEY", "sk-secret-test-value-123"
 WORDS = ["detectives", "find", "evidence", "novel", "safe", "dose", "range", "nurse", "lock", "garden", "river",
@@ -180,7 +180,7 @@ def test_policy_without_rules():
 
 # ---------------------------------------------------------------- seed import
 
-from policyalign.evaluation import data_root
+from policyalign.suites import data_root
 ADV = data_root()/"advbench"/"harmful_behaviors.csv"
 
 

@@ -41,7 +41,8 @@ def _saved_adapter(path, seed, tok):
 def test_eval_cache_never_mixes_two_frozen_adapters(tmp_path):
     "Two different adapters attached for inference (no parameter requires grad) must not share cached answers."
     from peft import PeftModel
-    from policyalign.evaluation import EvalConfig, Suite, evaluate
+    from policyalign.evaluation import EvalConfig, evaluate
+    from policyalign.suites import Suite
     tok = tiny_tokenizer()
     for s in (1, 2): _saved_adapter(tmp_path/f"a{s}", s, tok)
     suite = Suite("h", "harmful", [dict(id=str(i), request=p) for i,p in enumerate(tiny_prompts())])
