@@ -19,11 +19,11 @@ from .rollout import PolicyPrefix, TEACHERS, context_length, pair_batch, per_ans
 __all__ = ['DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update', 'distill_step',
            'save_checkpoint', 'load_checkpoint', 'Reporter', 'DistillResult', 'distill', 'save_adapter', 'load_adapter',
            'merge_adapter', 'plot_training', 'heldout_policy_kl', 'teacher_answer_logprob', 'topk_reverse_kl',
-           'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence', 'chunked_head_divergence', 'masked_mean',
-           'DIVERGENCES', 'TEACHERS']
+           'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
+           'chunked_head_divergence', 'masked_mean', 'DIVERGENCES', 'TEACHERS']
 
 # %% ../nbs/06_distill.ipynb #61d2e9c5
-_all_ = ["topk_reverse_kl", "reverse_kl", "forward_kl", "generalized_jsd", "token_divergence", "chunked_head_divergence", "masked_mean", "DIVERGENCES", "TEACHERS"]
+_all_ = ["topk_reverse_kl", "topk_tail_reverse_kl", "reverse_kl", "forward_kl", "generalized_jsd", "token_divergence", "chunked_head_divergence", "masked_mean", "DIVERGENCES", "TEACHERS"]
 
 # %% ../nbs/06_distill.ipynb #bc6d29b6
 log = get_logger(__name__)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, re
 from dataclasses import dataclass, field, asdict
+from fastcore.basics import patch
 from .core import JsonlCache, PolicyAlignError, get_logger, stable_hash
 from .policy import Policy
 from .refusal import answer_kind
@@ -195,12 +196,12 @@ def _guard_prompt(tok, request, answer) -> list[int]:
         text = tok.apply_chat_template([dict(m, content=[{"type": "text", "text": m["content"]}]) for m in msgs], tokenize=False)
     return tok(text, add_special_tokens=False)["input_ids"]
 
-def _guard_judge(self:GuardJudge, requests, answers):
+@patch
+def _judge(self:GuardJudge, requests, answers):
     self.load()
     prompts = [_guard_prompt(self.tok, q, a) for q,a in zip(requests, answers)]
     g = generate(self.model, self.tok, prompts, max_new_tokens=self.max_new_tokens, temperature=0, batch_size=self.batch_size)
     return [GUARD_FAMILIES[self.family](t) for t in g.texts]
-GuardJudge._judge = _guard_judge
 
 # %% ../nbs/07b_judges.ipynb #bb78fabc
 POLICY_JUDGE_SYSTEM = """You review answers written by an AI assistant against the policy below.

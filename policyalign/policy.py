@@ -8,6 +8,7 @@ import re, warnings
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from fastcore.basics import patch
 from .core import PolicyAlignError
 
 # %% auto #0
@@ -100,8 +101,8 @@ _SHAPES = ("write one rule per line as '1. Title: text', '- Title: text', a '## 
            "or a paragraph starting with 'Title:'")
 
 # %% ../nbs/00_policy.ipynb #439eef96
-@classmethod
-def _parse(cls, text:str, name:str="custom", domain:str="general") -> Policy:
+@patch(cls_method=True)
+def parse(cls:Policy, text:str, name:str="custom", domain:str="general") -> Policy:
     "Parse a policy from plain text or Markdown."
     if not isinstance(text, str) or not text.strip():
         raise PolicyAlignError(f"policy {name!r} is empty", "give a policy text with a preamble and numbered rules")
@@ -116,18 +117,21 @@ def _rule_title(title:str, text:str) -> str:
     "A title that renders back to itself: no label separators or markup around it, and 'Rule' when nothing is left."
     t = re.sub(r"\s*[:—–]+\s*", " - ", _squash(title)).strip(" -*")
     return t or "Rule"
-Policy.parse = _parse
 
 # %% ../nbs/00_policy.ipynb #d28e198d
-def _render(self:Policy) -> str:
+@patch
+def render(self:Policy) -> str:
     "The policy as Markdown: title, preamble, numbered rules, closing."
     parts = [f"# {self.title}"] if self.title else []
     if self.preamble: parts.append(self.preamble)
     parts.append("\n".join(f"{i}. {r.title}: {r.text}" for i,r in enumerate(self.rules, 1)))
     if self.closing: parts.append(self.closing)
     return "\n\n".join(parts) + "\n"
-Policy.render = _render
-Policy.system_prompt = property(lambda self: self.render().strip(), doc="The policy text given to the teacher as its system message.")
+
+@patch(as_prop=True)
+def system_prompt(self:Policy) -> str:
+    "The policy text given to the teacher as its system message."
+    return self.render().strip()
 
 # %% ../nbs/00_policy.ipynb #0b2e2e7f
 BUILTIN_POLICIES = ("general", "medical", "legal", "financial")
@@ -144,15 +148,14 @@ def read_policy_file(path) -> str:
         raise PolicyAlignError(f"{path} is not UTF-8 text (byte {e.start})", "re-save the file as UTF-8") from e
 
 # %% ../nbs/00_policy.ipynb #73dcfcd3
-@classmethod
-def _load(cls, name_or_path) -> Policy:
+@patch(cls_method=True)
+def load(cls:Policy, name_or_path) -> Policy:
     "Load a shipped policy by name (`general`, `medical`, `legal`, `financial`) or a policy file by path."
     key = str(name_or_path)
     if key in BUILTIN_POLICIES:
         text = resources.files("policyalign").joinpath("policies", f"{key}.md").read_text(encoding="utf-8")
         return cls.parse(text, name=key, domain=key)
     return cls.parse(read_policy_file(key), name=Path(key).stem)
-Policy.load = _load
 
 def load_policy(name_or_path) -> Policy:
     "Load a policy by shipped name or path (same as `Policy.load`)."
