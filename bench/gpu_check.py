@@ -170,25 +170,19 @@ def check_resume(model, tok, policy, args, report):
                         checkpoint_every=1, keep_checkpoints=3, lr=1e-3, seed=0)
     start = lora_state(model)
     flat = lambda: torch.cat([p.detach().float().flatten() for p in trainable_params(model)])
+    begin = flat()
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         distill(model, tok, policy, REQUESTS, cfg, out_dir=a, progress=False); straight = flat()
         restore(model, start)
         distill(model, tok, policy, REQUESTS, cfg, out_dir=b, progress=False, callback=lambda m: m["step"] < 1)   # "killed" after step 1
         restore(model, start)                                                                                       # a fresh process
         resumed = distill(model, tok, policy, REQUESTS, cfg, out_dir=b, progress=False)
-        moved, diff = (straight - start_flat(start, model)).abs().max().item(), (flat() - straight).abs().max().item()
+        moved, diff = (straight - begin).abs().max().item(), (flat() - straight).abs().max().item()
     exact = args.device == "cpu"
     ok = len(resumed.history) == 3 and (diff == 0 if exact else diff <= 0.01 * moved)
     report.check("resume", ok, f"stopped after step 1, resumed to step 3: max |resumed - uninterrupted| = {diff:.2e} "
                  f"(the adapter moved {moved:.2e}; required: {'identical on CPU' if exact else 'within 1% of that on CUDA, where kernels may differ run to run'})")
     restore(model, start)
-
-
-def start_flat(state, model):
-    import torch
-    from policyalign.distill import trainable_params
-    names = {id(p): n for n, p in model.named_parameters()}
-    return torch.cat([state[names[id(p)]].float().flatten() for p in trainable_params(model)])
 
 
 RUN = {"prefix_cache": check_prefix_cache, "distill": check_distill, "generate": check_generate,
