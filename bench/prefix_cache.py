@@ -34,7 +34,7 @@ def main():
     print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")
     import torch
     from policyalign.policy import Prompter, load_policy
-    from policyalign.rollout import PolicyPrefix, _lm_parts, pair_batch, teacher_hidden
+    from policyalign.rollout import PolicyPrefix, lm_parts, pair_batch, teacher_hidden
 
     model, tok = load_bench_model(args.device, shape=args.shape)
     policy = load_policy(args.policy)
@@ -55,10 +55,10 @@ def main():
     print(f"PolicyPrefix: {len(prefix)} tokens, matches the teacher prompts: {prefix.matches(t_p)}")
     if not prefix.matches(t_p):
         raise SystemExit("the policy prefix does not match the teacher prompts: teacher_hidden would run uncached both times")
-    _, t_kv, _ = timed(lambda: prefix.get(_lm_parts(model)[0], 0), args.device)
+    _, t_kv, _ = timed(lambda: prefix.get(lm_parts(model)[0], 0), args.device)
     print(f"computing the prefix's keys/values (once per teacher version; not in the cached timings): {t_kv:.2f} s")
 
-    head = _lm_parts(model)[1]
+    head = lm_parts(model)[1]
     def logp(h): return torch.log_softmax(head(h[mask]).float(), -1)
     variants = {"uncached": None, "cached": prefix}
     times, outs = {k: [] for k in variants}, {}

@@ -13,8 +13,8 @@ from .models import Generation, autocast, eval_mode, generate, left_pad
 from .policy import Prompter
 
 # %% auto #0
-__all__ = ['TEACHERS', 'context_length', 'prepare_prompts', 'rollout', 'PairBatch', 'pair_batch', 'teacher_weights',
-           'PolicyPrefix', 'teacher_hidden', 'score_tokens', 'per_answer', 'answer_scores']
+__all__ = ['TEACHERS', 'context_length', 'prepare_prompts', 'rollout', 'PairBatch', 'pair_batch', 'teacher_weights', 'head_scale',
+           'lm_parts', 'PolicyPrefix', 'teacher_hidden', 'score_tokens', 'per_answer', 'answer_scores']
 
 # %% ../nbs/05a_rollout.ipynb #7a15889d
 def context_length(model) -> int:
@@ -93,7 +93,7 @@ def head_scale(config) -> float:
                                "use a model without logit soft-capping (Llama, Qwen, Mistral, Granite, SmolLM families)")
     return (getattr(config, "logit_scale", None) or 1.0) / (getattr(config, "logits_scaling", None) or 1.0)
 
-def _lm_parts(model):
+def lm_parts(model):
     "The decoder stack, the output head and its scale for a (PEFT-wrapped) causal LM."
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
@@ -132,7 +132,7 @@ class PolicyPrefix:
 def teacher_hidden(model, batch:PairBatch, L:int, mode:str="frozen", prefix:PolicyPrefix|None=None, version=0):
     "Teacher hidden states `(bs, L, d)` predicting the last `L` columns, without gradient (using the prefix cache when it applies)."
     from transformers import DynamicCache
-    dec = _lm_parts(model)[0]
+    dec = lm_parts(model)[0]
     with torch.no_grad(), teacher_weights(model, mode), eval_mode(model):
         if prefix is not None and not prefix.matches(batch.teacher_prompts) and not prefix.warned:
             prefix.warned = True
@@ -155,7 +155,7 @@ def _answers(b): return [r[m].tolist() for r,m in zip(b.answer_ids, b.answer_mas
 def score_tokens(model, batch:PairBatch, teacher:str="frozen", kind:str="topk_reverse_kl", k:int=256, beta:float=0.5,
                  chunk:int=1024, prefix:PolicyPrefix|None=None, version=0, temperature:float=1.0):
     "Per-token divergence `(n,)` and stats `(n, 3)` over the batch's answer tokens (row-major), plus the mask `(bs, L)`; logits are divided by the sampling `temperature`."
-    dec,head,scale = _lm_parts(model)
+    dec,head,scale = lm_parts(model)
     dev = head.weight.device
     for f in ("student_ids","student_mask","teacher_ids","teacher_mask","answer_ids","answer_mask"):
         setattr(batch, f, getattr(batch, f).to(dev))
