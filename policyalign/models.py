@@ -44,7 +44,7 @@ def embedded_model_dir(name:str="smollm2-135m") -> Path:
     "Folder of the embedded model as safetensors, converted from its GGUF file on first use."
     pkg,fname,dist = EMBEDDED_MODELS[name]
     import transformers
-    dest = cache_dir()/"models"/f"{name}-transformers{transformers.__version__.split('.')[0]}"   # tokenizer files differ between majors
+    dest = cache_dir()/"models"/f"transformers{transformers.__version__.split('.')[0]}"/name   # tokenizer files differ between majors
     if (dest/"model.safetensors").exists(): return dest
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:

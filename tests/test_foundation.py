@@ -77,5 +77,6 @@ def test_embedded_model_converts_safely_in_two_processes_at_once(tmp_path):
     outs = [p.communicate(timeout=600) for p in ps]
     assert [p.returncode for p in ps] == [0, 0], [err[-2000:] for _,err in outs]
     import transformers
-    assert (tmp_path/"models"/f"smollm2-135m-transformers{transformers.__version__.split('.')[0]}"/"model.safetensors").exists()
-    assert not [p.name for p in (tmp_path/"models").iterdir() if ".tmp" in p.name]
+    folder = tmp_path/"models"/f"transformers{transformers.__version__.split('.')[0]}"
+    assert (folder/"smollm2-135m"/"model.safetensors").exists()
+    assert not [p.name for p in folder.iterdir() if ".tmp" in p.name]
