@@ -15,6 +15,7 @@ from .refusal import answer_kind
 from .models import autocast, fingerprint, generate, model_name, left_pad, local_device, resolve_precision, torch_dtype
 from .stats import mean_ci, paired_gap, rate, ratio_ci
 from .check import policy_kl, prescribed_logprob, score_answers, teacher_answers
+from .rollout import teacher_weights
 from .plots import plot_eval, plot_groups, plot_mechanism, save_figure
 
 # %% auto #0
@@ -35,7 +36,7 @@ def row_context(model, row:str):
         if not hasattr(model, "disable_adapter"): raise PolicyAlignError("the 'aligned' row needs a PEFT model with an adapter",
                                                                          "load the model with policyalign.models.load_model, or leave 'aligned' out of rows")
         return contextlib.nullcontext()
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    return teacher_weights(model, "frozen")
 
 # %% ../nbs/07_evaluation.ipynb #4942fd7a
 def base_fingerprint(model) -> str:
