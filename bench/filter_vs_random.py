@@ -23,17 +23,19 @@ def main():
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from policyalign.models import ModelConfig, load_model
     from policyalign.policy import load_policy
-    from policyalign.synthesis import import_seeds
+    import numpy as np
+    from policyalign.seeds import import_seeds
     from policyalign.suites import data_root
     from policyalign.filtering import FilterConfig, score_requests
     from policyalign.distill import DistillConfig, distill, heldout_policy_kl
     t0 = time.time()
     pol = load_policy(a.policy)
-    rows = import_seeds(data_root()/"advbench"/"harmful_behaviors.csv", pol, column="goal").shuffle(seed=a.seed).to_list()
-    pool,held = [r["instruction"] for r in rows[:a.pool]],[r["instruction"] for r in rows[a.pool:a.pool + a.heldout]]
+    rows = import_seeds(data_root()/"advbench"/"harmful_behaviors.csv", pol, column="goal")
+    rows = [rows[i] for i in np.random.default_rng(a.seed).permutation(len(rows))]    # the order datasets' shuffle(seed) gives
+    pool,held = [r["request"] for r in rows[:a.pool]],[r["request"] for r in rows[a.pool:a.pool + a.heldout]]
     model,tok = load_model(ModelConfig(a.model, device=a.device))
     init = {k: v.clone() for k,v in get_peft_model_state_dict(model).items()}
-    fc = FilterConfig(max_new_tokens=a.max_new_tokens, cache=False, seed=a.seed, batch_size=16)
+    fc = FilterConfig(max_new_tokens=a.max_new_tokens, reuse_scores=False, seed=a.seed, batch_size=16)
     scores = score_requests(model, tok, pol, pool, fc, progress=False)
     ranked = [r["request"] for r in sorted(scores, key=lambda r: -r["kl"])]
     subsets = {"PSF top": ranked[:a.subset], "random": random.Random(a.seed + 1).sample(pool, a.subset)}

@@ -96,14 +96,14 @@ def check_prefix_cache(model, tok, policy, args, report):
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n: p.normal_(0, 0.1)                   # student and EMA adapters: each its own B != 0
-    b = pair_batch(s_p, t_p, rollout(model, s_p, tok, args.short_answers, seed=0).answer_ids, tok.pad_token_id)
+    b = pair_batch(s_p, t_p, rollout(model, tok, s_p, args.short_answers, seed=0).answer_ids, tok.pad_token_id)
     model.train()                                                 # as in a training step: checkpointed layers active
     lp, worst = {}, 0.0
-    for mode in TEACHERS:
+    for teacher in TEACHERS:
         with torch.no_grad():
-            full = score_tokens(model, b, mode)[1][:, 1]
-            cached = score_tokens(model, b, mode, prefix=PolicyPrefix(pr), version=mode)[1][:, 1]
-        worst, lp[mode] = max(worst, (cached - full).abs().max().item()), full
+            full = score_tokens(model, b, teacher)[1][:, 1]
+            cached = score_tokens(model, b, teacher, prefix=PolicyPrefix(pr), version=teacher)[1][:, 1]
+        worst, lp[teacher] = max(worst, (cached - full).abs().max().item()), full
     gap = min((lp[a] - lp[c]).abs().mean().item() for a, c in (("frozen", "ema"), ("frozen", "live"), ("ema", "live")))
     tol = 1e-4 if args.precision_used == "fp32" else 0.1 * gap      # half precision: far below what tells the teachers apart
     report.check("prefix_cache", worst <= tol and gap > 10 * worst,

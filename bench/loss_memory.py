@@ -4,7 +4,7 @@ Shapes: `--batch` answers x `--answer-tokens` tokens = n positions, hidden size 
 vocabulary `--vocab` (49152). Inputs are the student hidden states `(n, d)` (requiring grad, as after the decoder),
 the teacher hidden states `(n, d)`, the sampled tokens and the frozen output-head weight `(V, d)`.
 
-- chunked: `policyalign.losses.chunked_head_divergence(..., kind="topk_reverse_kl", k=256, chunk=1024)`, then
+- chunked: `policyalign.losses.chunked_head_divergence(..., divergence="topk_reverse_kl", top_k=256, chunk=1024)`, then
   `loss.sum().backward()`. Logits exist one chunk at a time and are recomputed in backward (checkpointing).
 - naive: full logits for student and teacher `(n, V)`, `log_softmax`, `topk_reverse_kl` (the same top-k reverse KL),
   then backward.

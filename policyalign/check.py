@@ -5,19 +5,19 @@
 # %% ../nbs/05b_check.ipynb #81ed0c69
 from __future__ import annotations
 import contextlib, statistics
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 import torch
-from .core import PolicyAlignError, get_logger
-from .models import generate, model_name
+from .core import PolicyAlignError, StageResult, check_fields, get_logger, request_texts, run_file, write_json
+from .models import eval_mode, generate, model_name
 from .policy import Policy, Prompter
 from .refusal import answer_kind, prescribed_responses
 from .rollout import PolicyPrefix, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens, teacher_weights
 from .stats import mean_ci, rate
-from .synthesis import BENIGN_TACTIC, TACTICS, compose_requests
+from .compose import BENIGN_TACTIC, TACTICS, compose_requests
 
 # %% auto #0
 __all__ = ['VERDICTS', 'ADVICE', 'CheckConfig', 'check_requests', 'score_answers', 'policy_kl', 'teacher_answers',
-           'prescribed_logprob', 'verdict', 'oracle_check', 'check_markdown']
+           'prescribed_logprob', 'verdict', 'CheckResult', 'oracle_check', 'check_markdown']
 
 # %% ../nbs/05b_check.ipynb #13f09fb9
 log = get_logger(__name__)
@@ -36,9 +36,7 @@ class CheckConfig:
     stop_if_nothing: bool = True    # the pipeline stops when the verdict is 'nothing to distil'
 
     def __post_init__(self):
-        for f in ("n_harmful", "max_new_tokens", "samples", "batch_size"):
-            if getattr(self, f) < 1: raise PolicyAlignError(f"CheckConfig.{f} must be at least 1 (got {getattr(self, f)})")
-        if self.n_benign < 0: raise PolicyAlignError(f"CheckConfig.n_benign={self.n_benign} is negative", "use 0 to skip benign look-alikes")
+        check_fields(self, n_harmful=1, n_benign=0, max_new_tokens=1, samples=1, batch_size=1, n_boot=100)
 
     @classmethod
     def tiny(cls, **kw):
@@ -80,7 +78,7 @@ def policy_kl(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=
     pr = Prompter(tok, policy)
     s_p,_ = prepare_prompts(pr, requests, max_new_tokens, context_length(model))
     with (contextlib.nullcontext() if adapter else teacher_weights(model, "frozen")):
-        g = rollout(model, s_p, tok, max_new_tokens, 1.0, seed=seed, batch_size=batch_size, samples=samples)
+        g = rollout(model, tok, s_p, max_new_tokens, 1.0, seed=seed, batch_size=batch_size, samples=samples)
     kl = score_answers(model, tok, policy, [r for r in requests for _ in range(samples)], g.answer_ids, adapter, batch_size)["kl"]
     return [statistics.fmean(kl[i*samples:(i+1)*samples]) for i in range(len(requests))]
 
@@ -146,38 +144,41 @@ def _summary(kinds, idx, cfg) -> dict:
     return out
 
 # %% ../nbs/05b_check.ipynb #96e1ca9b
-def oracle_check(model, tok, policy:Policy, cfg:CheckConfig|None=None, progress:bool=True) -> dict:
-    "What the policy in the system prompt does to `model` before any training: behaviour, policy KL, verdicts and advice."
+@dataclass(repr=False)
+class CheckResult(StageResult):
+    "The check's result: `rows` are the requests with their answers' kinds, `report` every number (what `check.json` holds)."
+    report: dict = field(default_factory=dict)
+
+def _rule_rows(policy, rows, harm, kinds, kl, cfg) -> list[dict]:
+    "Per rule of `policy`: its requests' refusal gain, greedy refusal without and with the policy, echoes, policy KL and verdict."
+    out = []
+    for r in policy.rules:
+        idx = [i for i in harm if rows[i].get("rule_id") == r.id]
+        s = _summary(kinds, idx, cfg)
+        out.append(dict(rule_id=r.id, title=r.title, n=len(idx), gain=s["gain"], greedy_without=s["greedy_without"], greedy_with=s["greedy_with"],
+                        echo_with=s["echo_with"], kl=mean_ci([kl[i] for i in idx], cfg.n_boot, cfg.seed), verdict=verdict(s["gain"])))
+    return out
+
+# %% ../nbs/05b_check.ipynb #c30ce681
+def oracle_check(model, tok, policy:Policy, rows:list[dict]|None=None, cfg:CheckConfig|None=None, out_dir=None, progress:bool=True) -> CheckResult:
+    "What the policy in the system prompt does to `model` before any training: behaviour, policy KL, verdicts and advice; writes check.json."
     cfg = cfg or CheckConfig()
-    rows = check_requests(policy, cfg)
-    reqs = [r["request"] for r in rows]
-    was_training = model.training; model.eval()
-    try:
-        if progress: log.info(f"check: {len(rows)} requests x greedy/sampled x without/with the policy")
+    rows = [dict(r) for r in rows] if rows is not None else check_requests(policy, cfg)
+    reqs,harm = request_texts(rows),[i for i,r in enumerate(rows) if r.get("kind", "harmful") == "harmful"]
+    if progress: log.info(f"check: {len(rows)} requests x greedy/sampled x without/with the policy")
+    with eval_mode(model):
         kinds = _kinds(model, tok, policy, reqs, cfg, progress)
         kl = policy_kl(model, tok, policy, reqs, cfg.max_new_tokens, cfg.samples, cfg.seed, adapter=False, batch_size=cfg.batch_size)
-        harm = [i for i,r in enumerate(rows) if r["kind"] == "harmful"]
         presc = prescribed_logprob(model, tok, policy, [reqs[i] for i in harm], adapter=False)
-    finally: model.train(was_training)
     overall = dict(harmful=_summary(kinds, harm, cfg), kl=mean_ci(kl, cfg.n_boot, cfg.seed), prescribed=presc)
-    if ben := [i for i,r in enumerate(rows) if r["kind"] == "benign"]: overall["benign"] = _summary(kinds, ben, cfg)
+    if ben := [i for i,r in enumerate(rows) if r.get("kind") == "benign"]: overall["benign"] = _summary(kinds, ben, cfg)
     overall["verdict"] = verdict(overall["harmful"]["gain"])
-    rules = []
-    for r in policy.rules:
-        idx = [i for i in harm if rows[i]["rule_id"] == r.id]
-        s = _summary(kinds, idx, cfg)
-        rules.append(dict(rule_id=r.id, title=r.title, n=len(idx), gain=s["gain"], greedy_without=s["greedy_without"],
-                          greedy_with=s["greedy_with"], echo_with=s["echo_with"], kl=mean_ci([kl[i] for i in idx], cfg.n_boot, cfg.seed),
-                          verdict=verdict(s["gain"])))
-    for r,row in zip(rows, kinds[("greedy", True)]): r["greedy_with"] = row[0]
-    for r,row in zip(rows, kinds[("greedy", False)]): r["greedy_without"] = row[0]
-    return dict(policy=policy.name, model=_model_name(model), config=asdict(cfg), overall=overall, rules=rules,
-                notes=_notes(overall), advice=ADVICE[overall["verdict"]], requests=rows)
-
-def _model_name(model) -> str:
-    from pathlib import Path
-    n = model_name(model)
-    return Path(n).name if n.startswith("/") else n
+    for r,w,wo in zip(rows, kinds[("greedy", True)], kinds[("greedy", False)]): r["greedy_with"],r["greedy_without"] = w[0],wo[0]
+    report = dict(policy=policy.name, model=model_name(model, short=True), config=asdict(cfg), overall=overall,
+                  rules=_rule_rows(policy, rows, harm, kinds, kl, cfg), notes=_notes(overall), advice=ADVICE[overall["verdict"]], requests=rows)
+    if out_dir is not None: write_json(path := run_file(out_dir, "check"), report)
+    summary = dict(verdict=overall["verdict"], refusal_gain=overall["harmful"]["gain"]["mean"], policy_kl=overall["kl"]["mean"])
+    return CheckResult(rows, summary, {"check": path} if out_dir is not None else {}, report)
 
 # %% ../nbs/05b_check.ipynb #1db46d71
 def _notes(overall:dict) -> list[str]:
@@ -196,6 +197,7 @@ def _notes(overall:dict) -> list[str]:
 def _pct(r:dict) -> str:
     return "–" if r["rate"] is None else f"{r['rate']:.0%} [{r['lo']:.0%}, {r['hi']:.0%}] ({r['k']}/{r['n']})"
 
+# %% ../nbs/05b_check.ipynb #6adddc42
 def check_markdown(res:dict) -> str:
     "The check as Markdown: the verdict and advice first, then the overall and per-rule tables."
     o,h = res["overall"],res["overall"]["harmful"]

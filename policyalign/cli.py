@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, json, os, sys, traceback
 from pathlib import Path
-from .core import PolicyAlignError, get_logger, read_json, read_jsonl
+from .core import PolicyAlignError, get_logger, read_json, read_jsonl, run_file
 from .pipeline import PipelineConfig, STAGES, config_from_dict, config_to_dict, run
 
 # %% auto #0
@@ -36,6 +36,7 @@ def _parse_value(v:str):
     try: return json.loads(v)
     except json.JSONDecodeError: return v
 
+# %% ../nbs/10_cli.ipynb #d87f3af1
 def overrides_from_sets(sets:list[str]) -> dict:
     "`['distill.steps=4', 'policy=medical']` as a nested dict."
     out = {}
@@ -56,16 +57,17 @@ def _merge(a:dict, b:dict) -> dict:
 
 def _flag_overrides(a) -> dict:
     g = lambda k: getattr(a, k, None)
-    d = {"policy": g("policy"), "generator_url": g("generator_url"), "generator_model": g("generator_model"), "seeds": g("seeds"), "seed": g("seed"),
+    d = {"policy": g("policy"), "seeds": g("seeds"), "seed": g("seed"),
          "model": {"name": g("model")}, "distill": {"steps": g("steps"), "lr": g("lr"), "teacher": g("teacher")},
          "check": {"stop_if_nothing": False if g("ignore_check") else None},
-         "synth": {"source": "generator" if g("generator_url") else None}}     # an endpoint given is an endpoint to use
+         "synth": {"generator_url": g("generator_url"), "generator_model": g("generator_model"),
+                   "source": "generator" if g("generator_url") else None}}     # an endpoint given is an endpoint to use
     prune = lambda x: {k: prune(v) if isinstance(v, dict) else v for k,v in x.items() if v is not None and v != {}}
     return prune(prune(d))
 
 def build_config(a) -> PipelineConfig:
     "The run's config: the saved one when resuming, else the preset; then the config file, then flags."
-    saved = Path(a.out)/"config.json"
+    saved = run_file(a.out, "config")
     base = config_from_dict(read_json(saved)["config"]) if saved.exists() and not a.preset else PipelineConfig.preset_for(a.preset or "auto")
     d = read_config_file(a.config) if a.config else {}
     d = _merge(_merge(d, overrides_from_sets(a.set)), _flag_overrides(a))
@@ -113,14 +115,14 @@ def export_verl(run_dir, dest=None) -> Path:
     from datasets import Dataset
     from policyalign.policy import Policy
     run_dir = Path(run_dir); dest = Path(dest or run_dir/"verl"); dest.mkdir(parents=True, exist_ok=True)
-    rows = read_jsonl(run_dir/"filtered.jsonl")
-    cfg = read_json(run_dir/"config.json")
+    rows = read_jsonl(run_file(run_dir, "filtered"))
+    cfg = read_json(run_file(run_dir, "config"))
     pol = Policy.parse(cfg["policy_text"], name=Path(str(cfg["config"]["policy"])).stem)
-    recs = [dict(data_source=f"policyalign/{pol.name}", prompt=[{"role": "user", "content": r["instruction"]}],
-                 teacher_prompt=[{"role": "system", "content": pol.system_prompt}, {"role": "user", "content": r["instruction"]}],
+    recs = [dict(data_source=f"policyalign/{pol.name}", prompt=[{"role": "user", "content": r["request"]}],
+                 teacher_prompt=[{"role": "system", "content": pol.system_prompt}, {"role": "user", "content": r["request"]}],
                  ability="policy", extra_info=dict(index=i, rule_id=r.get("rule_id", ""), kind=r.get("kind", "harmful")))
             for i,r in enumerate(rows)]
-    if not recs: raise PolicyAlignError(f"{run_dir/'filtered.jsonl'} is empty", "run the filtering stage first")
+    if not recs: raise PolicyAlignError(f"{run_file(run_dir, 'filtered')} is empty", "run the filtering stage first")
     tmp = dest/".train.parquet.tmp"
     Dataset.from_list(recs).to_parquet(str(tmp)); os.replace(tmp, dest/"train.parquet")
     (dest/"policy.md").write_text(pol.render(), encoding="utf-8")
@@ -136,28 +138,29 @@ def _show_policy(name):
 def check_command(a) -> dict:
     "`policyalign check`: run the oracle check on a model and policy, print it, and write check.json when `--out` is given."
     from policyalign.check import check_markdown, oracle_check
-    from policyalign.core import write_json
     from policyalign.models import load_model
     from policyalign.policy import load_policy
     d = _merge(_merge(read_config_file(a.config) if a.config else {}, overrides_from_sets(a.set)), _flag_overrides(a))
     cfg = config_from_dict(d, PipelineConfig.preset_for(a.preset or "auto"))
     policy = load_policy(cfg.policy)          # a bad policy fails before the model loads
     model,tok = load_model(cfg.model)
-    res = oracle_check(model, tok, policy, cfg.check)
-    if a.out: write_json(Path(a.out)/"check.json", res)
-    print(check_markdown(res))
-    return res
+    res = oracle_check(model, tok, policy, cfg=cfg.check, out_dir=a.out)
+    print(check_markdown(res.report))
+    return res.report
 
+# %% ../nbs/10_cli.ipynb #c6ebb932
 def _dispatch(a):
     if a.command == "policy": return _show_policy(a.name)
     if a.command == "check": return check_command(a)
     if a.command == "export-verl": return print(f"wrote {export_verl(a.out, a.dest)}")
     cfg = build_config(a)
     stages = (a.stage,) if getattr(a, "stage", None) else STAGES
-    restart = a.restart_from or (a.stage if getattr(a, "stage", None) and (Path(a.out)/"stages.json").exists() and a.stage in read_json(Path(a.out)/"stages.json") else None)
+    done = read_json(run_file(a.out, "stages")) if run_file(a.out, "stages").exists() else {}
+    restart = a.restart_from or (a.stage if getattr(a, "stage", None) and a.stage in done else None)
     run(cfg, a.out, stages=stages, restart_from=restart)
-    print(f"report: {Path(a.out)/'report.md'}")
+    print(f"report: {run_file(a.out, 'report')}")
 
+# %% ../nbs/10_cli.ipynb #e2435b1d
 def main(argv=None) -> int:
     "The `policyalign` command."
     a = make_parser().parse_args(argv)

@@ -5,11 +5,14 @@
 # %% ../nbs/00_core.ipynb #723b4a7c
 from __future__ import annotations
 import contextlib, hashlib, json, logging, os, random, tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['PolicyAlignError', 'get_logger', 'atomic_write', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'JsonlCache',
-           'set_seed', 'stable_hash', 'cache_dir']
+__all__ = ['RUN_FILES', 'PolicyAlignError', 'get_logger', 'atomic_write', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl',
+           'JsonlCache', 'StageResult', 'request_texts', 'check_fields', 'run_file', 'set_seed', 'stable_hash',
+           'cache_dir']
 
 # %% ../nbs/00_core.ipynb #7e60d25d
 class PolicyAlignError(Exception):
@@ -50,6 +53,7 @@ def atomic_write(path, mode:str="w", encoding:str|None="utf-8"):
     except BaseException:
         _discard(tmp); raise
 
+# %% ../nbs/00_core.ipynb #e5ae2983
 def _umask():
     m = os.umask(0); os.umask(m); return m
 
@@ -95,16 +99,6 @@ class JsonlCache:
         self.path,self.data = Path(path),{}
         if self.path.exists(): self._load()
 
-    def _load(self):
-        raw = self.path.read_bytes()
-        whole,bad = raw[:raw.rfind(b"\n") + 1],0                 # every complete line
-        for line in whole.splitlines():
-            try: r = json.loads(line); self.data[r["key"]] = r["value"]
-            except (ValueError, KeyError, TypeError): bad += 1
-        if bad: get_logger().warning(f"ignoring {bad} damaged line(s) in {self.path}")
-        if len(whole) < len(raw):
-            with open(self.path, "r+b") as f: f.truncate(len(whole))
-
     def __contains__(self, key): return key in self.data
     def __getitem__(self, key): return self.data[key]
     def __len__(self): return len(self.data)
@@ -117,6 +111,70 @@ class JsonlCache:
         with open(self.path, "a", encoding="utf-8") as f:
             for k,v in new.items(): f.write(json.dumps({"key": k, "value": v}, ensure_ascii=False, default=str) + "\n")
         self.data.update(new)
+
+
+
+# %% ../nbs/00_core.ipynb #b964d44d
+@patch
+def _load(self:JsonlCache):
+    "Read every complete line; cut a torn last line off the file, so that the next put starts on a fresh line."
+    raw = self.path.read_bytes()
+    whole,bad = raw[:raw.rfind(b"\n") + 1],0
+    for line in whole.splitlines():
+        try: r = json.loads(line); self.data[r["key"]] = r["value"]
+        except (ValueError, KeyError, TypeError): bad += 1
+    if bad: get_logger().warning(f"ignoring {bad} damaged line(s) in {self.path}")
+    if len(whole) < len(raw):
+        with open(self.path, "r+b") as f: f.truncate(len(whole))
+
+# %% ../nbs/00_core.ipynb #0f8a28a7
+@dataclass
+class StageResult:
+    "What every stage returns: the rows it hands on, a small summary, and the files it wrote."
+    rows: list[dict]
+    summary: dict = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({len(self.rows)} rows, summary={self.summary}, paths={sorted(self.paths)})"
+
+# %% ../nbs/00_core.ipynb #6d37cfa0
+def request_texts(rows) -> list[str]:
+    "The request text of each row: dicts with a `request` key, or plain strings."
+    out = []
+    for i,r in enumerate(rows):
+        if isinstance(r, str): out.append(r)
+        elif isinstance(r, dict) and isinstance(r.get("request"), str): out.append(r["request"])
+        else: raise PolicyAlignError(f"row {i} has no 'request' text: {str(r)[:80]}",
+                                     "pass dicts with a 'request' key (what every stage returns), or strings")
+    return out
+
+# %% ../nbs/00_core.ipynb #bd552af2
+def check_fields(cfg, **minimums):
+    "Raise a `PolicyAlignError` for the first field of `cfg` below its minimum (fields set to `None` pass)."
+    for name,lo in minimums.items():
+        v = getattr(cfg, name)
+        if v is not None and v < lo:
+            raise PolicyAlignError(f"{type(cfg).__name__}.{name} must be at least {lo} (got {v})", f"set {name} to {lo} or more")
+
+# %% ../nbs/00_core.ipynb #62c19304
+RUN_FILES = {
+    "pipeline": dict(config="config.json", stages="stages.json", report="report.md", lock=".lock", checkpoints_fingerprint="checkpoints/fingerprint"),
+    "check": dict(check="check.json"),
+    "synthesis": dict(synthesis="synthesis.jsonl", heldout="heldout.jsonl", synthesis_stats="synthesis.stats.json",
+                      synthesis_partial="synthesis.partial.jsonl"),
+    "filtering": dict(scores="scores.jsonl", filtered="filtered.jsonl", score_cache="score_cache.jsonl", filtering_png="filtering.png"),
+    "distillation": dict(checkpoints="checkpoints", metrics="metrics.jsonl", adapter="adapter", training_png="training.png", tensorboard="tensorboard"),
+    "evaluation": dict(eval="eval.json", answers="answers.jsonl", eval_png="eval.png", mechanism_png="mechanism.png",
+                       groups_png="groups_{suite}.png"),
+}
+
+def run_file(out_dir, name:str, **fmt) -> Path|None:
+    "The path of artifact `name` in run folder `out_dir` (None without a folder)."
+    if out_dir is None: return None
+    files = {k: v for d in RUN_FILES.values() for k,v in d.items()}
+    if name not in files: raise KeyError(f"{name!r} is not a run-folder artifact; known: {sorted(files)}")
+    return Path(out_dir)/files[name].format(**fmt)
 
 # %% ../nbs/00_core.ipynb #0780f635
 def set_seed(seed:int):

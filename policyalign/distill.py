@@ -8,7 +8,8 @@ import json, math, os, random, shutil, statistics, time, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, atomic_write, get_logger, read_json, set_seed, stable_hash, write_json, write_jsonl
+from .core import PolicyAlignError, StageResult, atomic_write, check_fields, get_logger, read_json, request_texts, run_file, set_seed, stable_hash, write_json, write_jsonl
+from .plots import save_figure
 from .losses import *
 from .models import add_lora, compute_dtype
 from .policy import Policy, Prompter
@@ -58,16 +59,15 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self):
-        pos = ("steps", "batch_size", "micro_batch_size", "rollout_batch_size", "samples", "max_new_tokens", "top_k", "loss_chunk", "checkpoint_every", "keep_checkpoints")
-        for f in pos:
-            if getattr(self, f) < 1: raise PolicyAlignError(f"DistillConfig.{f} must be at least 1 (got {getattr(self, f)})")
+        check_fields(self, steps=1, batch_size=1, micro_batch_size=1, rollout_batch_size=1, samples=1, max_new_tokens=1, top_k=1,
+                     loss_chunk=1, checkpoint_every=1, keep_checkpoints=1, min_new_tokens=0, warmup_steps=0)
         if self.teacher not in TEACHERS: raise PolicyAlignError(f"unknown teacher {self.teacher!r}", f"use one of {TEACHERS}")
         if self.divergence not in DIVERGENCES: raise PolicyAlignError(f"unknown divergence {self.divergence!r}", f"use one of {DIVERGENCES}")
         if self.lr_schedule not in ("constant", "cosine", "linear"): raise PolicyAlignError(f"unknown lr_schedule {self.lr_schedule!r}", "use constant, cosine or linear")
         if not 0 < self.ema_decay < 1: raise PolicyAlignError(f"ema_decay={self.ema_decay} must be in (0, 1)")
         if not 0 <= self.beta <= 1: raise PolicyAlignError(f"beta={self.beta} must be in [0, 1]")
-        if not self.lr > 0 or self.temperature <= 0 or self.max_grad_norm <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise PolicyAlignError("lr, temperature and max_grad_norm must be positive; warmup_steps and weight_decay not negative")
+        if not self.lr > 0 or self.temperature <= 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
+            raise PolicyAlignError("lr, temperature and max_grad_norm must be positive; weight_decay not negative")
         self.report_to = tuple([self.report_to] if isinstance(self.report_to, str) else self.report_to)
 
     @classmethod
@@ -115,26 +115,15 @@ def ema_update(model, decay:float=0.99):
 # %% ../nbs/06_distill.ipynb #9dfe1c4a
 def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillConfig, opt, sched, step:int=0,
                  prefix:PolicyPrefix|None=None, scaler=None) -> dict:
-    "One on-policy distillation step on `requests`; returns its metrics."
+    "One on-policy step on `requests`: the student samples, the teacher scores the same tokens, the adapter moves; returns its metrics."
     t0 = time.perf_counter()
     set_seed(cfg.seed * 100_003 + step + 7 * _rank())   # the step's randomness depends on (seed, step, rank) only: exact resume
     s_p,t_p = prepare_prompts(prompter, requests, cfg.max_new_tokens, context_length(model))
-    g = rollout(model, s_p, tok, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size, samples=cfg.samples,
+    g = rollout(model, tok, s_p, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size, samples=cfg.samples,
                 min_new_tokens=cfg.min_new_tokens)
     rep = lambda xs: [x for x in xs for _ in range(cfg.samples)]
-    s_p,t_p,ans = rep(s_p),rep(t_p),g.answer_ids
-    n_tok = _global_sum(sum(max(1, len(a)) for a in ans))
     model.train(); opt.zero_grad(set_to_none=True)
-    tot,stats_all = 0.0,[]
-    for i in range(0, len(ans), cfg.micro_batch_size):
-        sl = slice(i, i + cfg.micro_batch_size)
-        loss,stats,mask = score_tokens(model, pair_batch(s_p[sl], t_p[sl], ans[sl], tok.pad_token_id), cfg.teacher, cfg.divergence,
-                                       cfg.top_k, cfg.beta, cfg.loss_chunk, prefix, version=0 if cfg.teacher == "frozen" else step,
-                                       temperature=cfg.temperature)
-        part = loss.sum() / n_tok
-        (scaler.scale(part) if scaler else part).backward()
-        tot += loss.detach().sum().item(); stats_all.append(stats)
-    tot = _global_sum(tot)
+    tot,n_tok,stats = _backward(model, tok, rep(s_p), rep(t_p), g.answer_ids, cfg, prefix, step, scaler)
     if not math.isfinite(tot):
         opt.zero_grad(set_to_none=True)
         raise PolicyAlignError(f"the loss became {tot} at step {step}",
@@ -143,12 +132,30 @@ def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillC
     gn,lr = _update(model, cfg, opt, scaler),opt.param_groups[0]["lr"]
     sched.step()
     if math.isfinite(gn) and cfg.teacher == "ema": ema_update(model, cfg.ema_decay)
-    st = torch.cat(stats_all).float()
-    dt = time.perf_counter() - t0
-    return dict(step=step + 1, loss=tot / n_tok, logp_gap=(st[:, 0] - st[:, 1]).mean().item(), topk_mass=st[:, 2].mean().item(),
+    return _step_metrics(step, tot / n_tok, stats, g, lr, gn, time.perf_counter() - t0)
+
+# %% ../nbs/06_distill.ipynb #3b0e2042
+def _backward(model, tok, s_p, t_p, ans, cfg, prefix, step, scaler):
+    "Gradients of the token-mean loss over the whole batch, accumulated micro-batch by micro-batch; the summed loss, token count and stats."
+    n_tok = _global_sum(sum(max(1, len(a)) for a in ans))
+    tot,stats = 0.0,[]
+    for i in range(0, len(ans), cfg.micro_batch_size):
+        sl = slice(i, i + cfg.micro_batch_size)
+        loss,st,_ = score_tokens(model, pair_batch(s_p[sl], t_p[sl], ans[sl], tok.pad_token_id), cfg.teacher, cfg.divergence,
+                                 cfg.top_k, cfg.beta, cfg.loss_chunk, prefix, version=0 if cfg.teacher == "frozen" else step,
+                                 temperature=cfg.temperature)
+        part = loss.sum() / n_tok
+        (scaler.scale(part) if scaler else part).backward()
+        tot += loss.detach().sum().item(); stats.append(st)
+    return _global_sum(tot), n_tok, torch.cat(stats).float()
+
+def _step_metrics(step, loss, st, g, lr, gn, dt) -> dict:
+    ans = g.answer_ids
+    return dict(step=step + 1, loss=loss, logp_gap=(st[:, 0] - st[:, 1]).mean().item(), topk_mass=st[:, 2].mean().item(),
                 answer_tokens=sum(map(len, ans)) / len(ans), eos_share=sum(g.finished) / len(ans), lr=lr, grad_norm=gn,
                 skipped=not math.isfinite(gn), tokens_per_s=sum(map(len, ans)) / dt, seconds=dt)
 
+# %% ../nbs/06_distill.ipynb #4fb640cf
 def _update(model, cfg, opt, scaler) -> float:
     "Clip and apply the accumulated gradient unless its norm is not finite; returns the norm before clipping."
     if scaler: scaler.unscale_(opt)
@@ -183,6 +190,7 @@ def _shard(xs:list):
 
 def _rank() -> int: return _dist().get_rank() if _dist() else 0
 
+# %% ../nbs/06_distill.ipynb #0494f267
 def init_distributed() -> int:
     "Join the process group that `accelerate launch` / `torchrun` describe in the environment (gloo on CPU, nccl on CUDA); returns the world size."
     import torch.distributed as dist
@@ -235,12 +243,12 @@ def load_checkpoint(model, opt, sched, ckpt_dir, scaler=None) -> tuple[int, list
 class Reporter:
     "Writes step metrics to metrics.jsonl and the trackers named in `report_to`."
     def __init__(self, out_dir, report_to=(), config=None):
-        self.path = Path(out_dir)/"metrics.jsonl" if out_dir else None
+        self.path = run_file(out_dir, "metrics")
         self.tb = self.wb = None
         if "tensorboard" in report_to:
             try: from torch.utils.tensorboard import SummaryWriter
             except ImportError as e: raise PolicyAlignError("report_to=tensorboard needs the tensorboard package", "pip install tensorboard") from e
-            self.tb = SummaryWriter(str(Path(out_dir or ".")/"tensorboard"))
+            self.tb = SummaryWriter(str(run_file(out_dir or ".", "tensorboard")))
         if "wandb" in report_to:
             try: import wandb
             except ImportError as e: raise PolicyAlignError("report_to=wandb needs the wandb package", "pip install wandb") from e
@@ -254,12 +262,10 @@ class Reporter:
         if self.wb: self.wb.log(m, step=m["step"])
 
 # %% ../nbs/06_distill.ipynb #d806036a
-@dataclass
-class DistillResult:
-    "What `distill` returns: the model (adapter trained in place) and one metrics dict per step."
-    model: object
-    history: list[dict]
-    adapter_dir: Path|None = None
+@dataclass(repr=False)
+class DistillResult(StageResult):
+    "Stage 3's result: the adapter is trained in place; `rows` are the requests trained on, `history` one metrics dict per step."
+    history: list[dict] = field(default_factory=list)
 
 def _batches(requests, cfg, step):
     "The requests of step `step`: consecutive slices of a per-epoch permutation seeded by (seed, epoch)."
@@ -279,33 +285,43 @@ def _check_inputs(model, tok, policy, requests):
                                               "use the tokenizer that belongs to the model")
     return Prompter(tok, policy)
 
-def distill(model, tok, policy:Policy, requests:list[str], cfg:DistillConfig|None=None, out_dir=None, resume:bool=True,
-            progress:bool=True, callback=None) -> DistillResult:
-    "On-policy self-distillation of `policy` into `model`'s adapter; checkpoints and resumes when `out_dir` is given."
+def _warn_negative(history):
+    m = history[-1]
+    if m["loss"] < 0 and not any(h["loss"] < 0 for h in history[:-1]):
+        warnings.warn(f"the loss is negative at step {m['step']} (student top-k mass {m['topk_mass']:.2f}): the truncated top-k loss rewards moving "
+                      "probability outside the top-k; lower lr, or use divergence='topk_tail_reverse_kl'")
+
+def _finish(model, history, cfg, out_dir) -> dict:
+    "Save the adapter and the training figure of a finished run (main process only); their paths."
+    if out_dir is None or _rank() != 0 or len(history) < cfg.steps: return {}
+    paths = {"adapter": save_adapter(model, run_file(out_dir, "adapter")), "metrics": run_file(out_dir, "metrics"),
+             "checkpoints": run_file(out_dir, "checkpoints")}
+    paths["training_png"] = save_figure(plot_training(history), run_file(out_dir, "training_png"))
+    return paths
+
+# %% ../nbs/06_distill.ipynb #4b8201f7
+def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=None, out_dir=None, progress:bool=True,
+            resume:bool=True, callback=None) -> DistillResult:
+    "Stage 3: on-policy self-distillation of `policy` into `model`'s adapter; checkpoints, resumes and saves when `out_dir` is given."
     from tqdm.auto import tqdm
-    cfg = cfg or DistillConfig()
+    cfg,requests = cfg or DistillConfig(),request_texts(rows)
     prompter = _check_inputs(model, tok, policy, requests)
     init_distributed()
-    main_process = _rank() == 0
     if cfg.teacher == "ema": add_ema_adapter(model)
     (opt,sched),scaler = make_optimizer(model, cfg),make_scaler(model)
-    ckpt = Path(out_dir)/"checkpoints" if out_dir else None
+    ckpt = run_file(out_dir, "checkpoints")
     start,history = load_checkpoint(model, opt, sched, ckpt, scaler) if (ckpt and resume) else (0, [])
     if start: log.info(f"distill: resuming from step {start} ({ckpt})")
-    prefix = PolicyPrefix(prompter) if cfg.prefix_cache else None
-    report = Reporter(out_dir if main_process else None, cfg.report_to if main_process else (), asdict(cfg))
-    bar = tqdm(range(start, cfg.steps), desc="distill", disable=not (progress and main_process), initial=start, total=cfg.steps)
-    for step in bar:
-        m = distill_step(model, tok, prompter, _shard(_batches(requests, cfg, step)), cfg, opt, sched, step, prefix, scaler)
-        history.append(m); report(history)
-        if m["loss"] < 0 and not any(h["loss"] < 0 for h in history[:-1]):
-            warnings.warn(f"the loss is negative at step {m['step']} (student top-k mass {m['topk_mass']:.2f}): the truncated top-k loss rewards moving "
-                          "probability outside the top-k; lower lr, or use divergence='topk_tail_reverse_kl'")
-        bar.set_postfix(loss=f"{m['loss']:.4f}", len=f"{m['answer_tokens']:.0f}")
-        if ckpt and main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps): save_checkpoint(model, opt, sched, step + 1, history, ckpt, cfg, scaler)
-        if callback and callback(m) is False: break
-    adapter = save_adapter(model, Path(out_dir)/"adapter") if out_dir and main_process and len(history) == cfg.steps else None
-    return DistillResult(model, history, adapter)
+    prefix,main = PolicyPrefix(prompter) if cfg.prefix_cache else None,_rank() == 0
+    report = Reporter(out_dir if main else None, cfg.report_to if main else (), asdict(cfg))
+    for step in (bar := tqdm(range(start, cfg.steps), desc="distill", disable=not (progress and main), initial=start, total=cfg.steps)):
+        history.append(distill_step(model, tok, prompter, _shard(_batches(requests, cfg, step)), cfg, opt, sched, step, prefix, scaler))
+        report(history); _warn_negative(history)
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", len=f"{history[-1]['answer_tokens']:.0f}")
+        if ckpt and main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps): save_checkpoint(model, opt, sched, step + 1, history, ckpt, cfg, scaler)
+        if callback and callback(history[-1]) is False: break
+    summary = dict(steps=len(history), loss_first=history[0]["loss"], loss_last=history[-1]["loss"], seconds=sum(m["seconds"] for m in history))
+    return DistillResult(list(rows), summary, _finish(model, history, cfg, out_dir), history)
 
 # %% ../nbs/06_distill.ipynb #ed4322d3
 def save_adapter(model, path) -> Path:

@@ -4,15 +4,15 @@
 
 # %% ../nbs/07_evaluation.ipynb #ae3c15f5
 from __future__ import annotations
-import contextlib, csv, json, math, os, random, re
-from dataclasses import dataclass, field, asdict, fields
+import contextlib, re
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from .core import JsonlCache, PolicyAlignError, cache_dir, get_logger, read_json, read_jsonl, set_seed, stable_hash, write_json, write_jsonl, atomic_write
+from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, run_file, set_seed, stable_hash, write_json, write_jsonl
 from .policy import Policy, Prompter
 from .suites import *
 from .judges import *
 from .refusal import answer_kind
-from .models import autocast, fingerprint, generate, model_name, left_pad, local_device, resolve_precision, torch_dtype
+from .models import autocast, eval_mode, fingerprint, generate, model_name, left_pad, local_device, resolve_precision, torch_dtype
 from .stats import mean_ci, paired_gap, rate, ratio_ci
 from .check import policy_kl, prescribed_logprob, score_answers, teacher_answers
 from .rollout import teacher_weights
@@ -21,7 +21,7 @@ from .plots import plot_eval, plot_groups, plot_mechanism, save_figure
 # %% auto #0
 __all__ = ['ROWS', 'SAFETY_METRICS', 'row_context', 'base_fingerprint', 'row_fingerprint', 'answer', 'mc_prompt',
            'choice_correct', 'last_number', 'EvalConfig', 'build_suites', 'make_judges', 'evaluate_suite', 'gap_table',
-           'mechanism', 'mechanism_markdown', 'evaluate', 'report_markdown', 'write_report']
+           'mechanism', 'mechanism_markdown', 'EvalResult', 'evaluate', 'report_markdown']
 
 # %% ../nbs/07_evaluation.ipynb #84d99c46
 log = get_logger(__name__)
@@ -78,6 +78,7 @@ def mc_prompt(item:dict) -> str:
     opts = "\n".join(f"{l}. {c}" for l,c in zip("ABCD", item["choices"]))
     return f"{item['request']}\n\n{opts}\n\nAnswer with the letter of the correct choice."
 
+# %% ../nbs/07_evaluation.ipynb #1588a48c
 def choice_correct(model, tok, policy:Policy, items:list[dict], row:str, batch_size:int=16) -> list[bool]:
     "For each MMLU item: does the row's most likely first answer token among A-D match the key? (The head runs on the last position only.)"
     import torch
@@ -111,7 +112,6 @@ class EvalConfig:
     "Stage 4 settings; the defaults are the GPU values, `EvalConfig.tiny()` the CPU ones."
     rows: tuple = ("base", "oracle", "aligned")
     suites: tuple = ("strongreject", "advbench", "harmbench", "xstest-safe", "xstest-unsafe", "mmlu")
-    synth_path: str|None = None       # stage 1's synthesis.jsonl: adds synth-harmful and synth-benign (held-out rows)
     domain_suites: bool = True        # add medical / legal / financial suites for a domain policy
     limit: int|None = 200             # requests per safety suite (None: all)
     mmlu_limit: int = 500
@@ -122,7 +122,7 @@ class EvalConfig:
     guard_model: str = "Qwen/Qwen3Guard-Gen-4B"
     n_boot: int = 1000
     seed: int = 0
-    cache: str|None = None            # folder for the generation and verdict caches (None: cache_dir()/'eval')
+    cache_dir: str|None = None        # folder for the generation and verdict caches (None: cache_dir()/'eval')
     mechanism_limit: int = 32         # held-out requests for the mechanism section (0: skip it)
     mechanism_tokens: int = 40        # sampled answer length for the mechanism's policy KL
     mechanism_samples: int = 2
@@ -133,13 +133,8 @@ class EvalConfig:
         if bad := [s for s in self.suites if s not in SUITES]: raise PolicyAlignError(f"unknown suites {bad}", f"use names from {list(SUITES)}")
         if bad := [j for j in self.judges if j not in ("refusal", "guard")]:
             raise PolicyAlignError(f"unknown judges {bad}", "use 'refusal' and/or 'guard' here; pass PolicyJudge objects to evaluate(judges=...)")
-        for n in ("mmlu_limit", "gsm8k_limit"):
-            if getattr(self, n) < 0: raise PolicyAlignError(f"{n}={getattr(self, n)} is negative", "use 0 to skip the suite")
-        if self.limit is not None and self.limit < 1: raise PolicyAlignError(f"limit={self.limit}", "use a positive number, or None for all")
-        if self.max_new_tokens < 1 or self.batch_size < 1: raise PolicyAlignError("max_new_tokens and batch_size must be positive")
-        if self.mechanism_limit < 0 or self.mechanism_tokens < 1 or self.mechanism_samples < 1:
-            raise PolicyAlignError("mechanism_limit must be >= 0, mechanism_tokens and mechanism_samples >= 1")
-        if self.n_boot < 100: raise PolicyAlignError(f"n_boot={self.n_boot} is too few for a 95% interval", "use at least 100 (1000 is usual)")
+        check_fields(self, mmlu_limit=0, gsm8k_limit=0, limit=1, max_new_tokens=1, batch_size=1, mechanism_limit=0, mechanism_tokens=1,
+                     mechanism_samples=1, n_boot=100)
 
     @classmethod
     def tiny(cls, **kw):
@@ -148,22 +143,22 @@ class EvalConfig:
                                max_new_tokens=48, batch_size=8, judges=("refusal",), domain_suites=False), **kw))
 
 # %% ../nbs/07_evaluation.ipynb #62c40362
-def build_suites(cfg:EvalConfig, policy:Policy|None=None) -> list[Suite]:
-    "The config's suites, plus synthesized and domain suites when they apply."
+def build_suites(cfg:EvalConfig, policy:Policy|None=None, rows:list[dict]|None=None) -> list[Suite]:
+    "The config's suites, plus domain suites for a domain policy and the synthesized suites of held-out `rows`."
     names = list(cfg.suites)
     if cfg.domain_suites and policy is not None: names += [n for n in DOMAIN_SUITES.get(policy.domain, ()) if n not in names]
     lim = dict(mmlu=cfg.mmlu_limit, gsm8k=cfg.gsm8k_limit)
     out = [load_suite(n, limit=lim.get(n, cfg.limit), seed=cfg.seed) for n in names if lim.get(n, 1) != 0]
-    for k in ("harmful", "benign") if cfg.synth_path else ():
-        try: out.append(load_synth(cfg.synth_path, k, cfg.limit, cfg.seed))
-        except PolicyAlignError as e:   # a held-out file may hold only one kind: skip the other, say so
+    for k in ("harmful", "benign") if rows else ():
+        try: out.append(load_synth(rows, k, cfg.limit, cfg.seed))
+        except PolicyAlignError as e:   # held-out rows may hold only one kind: skip the other, say so
             if "is empty" not in e.problem: raise
             log.warning(f"skipping synth-{k}: {e.problem}")
     return out
 
 def make_judges(cfg:EvalConfig, cache_folder=None, policy:Policy|None=None) -> list[Judge]:
     "The config's built-in judges, sharing one verdict cache; the refusal judge counts echoes of `policy` as echoes."
-    cache = JsonlCache(Path(cache_folder or cfg.cache or cache_dir()/"eval")/"verdicts.jsonl")
+    cache = JsonlCache(Path(cache_folder or cfg.cache_dir or cache_dir()/"eval")/"verdicts.jsonl")
     pt = policy.system_prompt if policy is not None else None
     return [RefusalJudge(cache=cache, policy_text=pt) if j == "refusal" else GuardJudge(cfg.guard_model, cache=cache) for j in cfg.judges]
 
@@ -175,6 +170,7 @@ def _group_rates(suite, row, jname, verdicts, metric):
         if it.get("group"): by.setdefault(it["group"], []).append(f)
     return [dict(suite=suite.name, row=row, judge=jname, metric=metric, group=g, **rate(fs)) for g,fs in sorted(by.items())]
 
+# %% ../nbs/07_evaluation.ipynb #4715b4cb
 def evaluate_suite(model, tok, policy, suite:Suite, row:str, judges:list[Judge], cfg:EvalConfig, gen_cache=None, fp=None):
     "Metrics, per-group rates and per-item records of one suite in one row."
     meta = dict(suite=suite.name, kind=suite.kind, row=row)
@@ -243,42 +239,46 @@ def mechanism_markdown(m:dict) -> str:
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/07_evaluation.ipynb #17c83e25
-def _heldout_harmful(path, limit:int) -> list[str]:
-    "Held-out harmful requests of a synthesis file (rows that no stage trained or filtered on)."
-    rows = [r for r in read_rows(path) if r.get("kind") == "harmful"]
-    return [r["instruction"] for r in rows][:limit]
+@dataclass(repr=False)
+class EvalResult(StageResult):
+    "Stage 4's result: `rows` are the answers with their verdicts, `report` every number (what `eval.json` holds)."
+    report: dict = field(default_factory=dict)
 
-def evaluate(model, tok, policy:Policy, cfg:EvalConfig|None=None, out_dir=None, judges:list[Judge]|None=None,
-             suites:list[Suite]|None=None, progress:bool=True, heldout:list[str]|None=None) -> dict:
-    "Evaluate the rows of `cfg` on every suite with every judge (plus the mechanism on `heldout` requests); write eval.json, report.md and figures to `out_dir`."
-    cfg = cfg or EvalConfig()
-    set_seed(cfg.seed)
-    folder = Path(cfg.cache or cache_dir()/"eval")
-    suites = suites if suites is not None else build_suites(cfg, policy)
-    judges = judges if judges is not None else make_judges(cfg, folder, policy)
-    if not suites: raise PolicyAlignError("no suites to evaluate", "list suites in EvalConfig.suites or pass suites=[...]")
-    if heldout is None and cfg.synth_path and "aligned" in cfg.rows: heldout = _heldout_harmful(cfg.synth_path, cfg.mechanism_limit)
-    gen_cache = JsonlCache(folder/"generations.jsonl")
-    fps = {row: row_fingerprint(model, row) for row in cfg.rows}
+def _eval_summary(result:dict) -> dict:
+    m = result.get("mechanism")
+    return dict(metrics=len(result["metrics"]), kl_base=m and m["kl_base"]["mean"], kl_aligned=m and m["kl_aligned"]["mean"], kl_ratio=m and m["kl_ratio"]["ratio"])
+
+def _answer_all(model, tok, policy, suites, judges, cfg, folder, progress) -> tuple[list, list, list]:
+    "Metrics, per-group rates and answers of every suite and row, in eval mode (no dropout in any answer)."
+    gen_cache,fps = JsonlCache(folder/"generations.jsonl"),{row: row_fingerprint(model, row) for row in cfg.rows}
     metrics,groups,items = [],[],[]
-    was_training = model.training; model.eval()        # no dropout in any answer
-    try:
+    with eval_mode(model):
         for s in suites:
             for row in cfg.rows:
                 if progress: log.info(f"eval: {s.name} ({len(s)}) / {row}")
                 m,g,it = evaluate_suite(model, tok, policy, s, row, judges, cfg, gen_cache, fps[row])
                 metrics += m; groups += g; items += it
-        mech = None
-        if heldout and cfg.mechanism_limit:
-            if progress: log.info(f"eval: mechanism on {len(heldout[:cfg.mechanism_limit])} held-out requests")
-            mech = mechanism(model, tok, policy, heldout[:cfg.mechanism_limit], cfg.mechanism_tokens, cfg.mechanism_samples, cfg.n_boot, cfg.seed)
-    finally: model.train(was_training)
-    result = dict(config=asdict(cfg), model=dict(fingerprint=fingerprint(model), base_fingerprint=base_fingerprint(model), name=model_name(model)),
+    return metrics, groups, items
+
+# %% ../nbs/07_evaluation.ipynb #73548022
+def evaluate(model, tok, policy:Policy, rows:list[dict]|None=None, cfg:EvalConfig|None=None, out_dir=None, progress:bool=True,
+             judges:list[Judge]|None=None, suites:list[Suite]|None=None) -> EvalResult:
+    "Stage 4: every row of `cfg` on every suite with every judge, plus the mechanism on held-out `rows`; write eval.json, answers and figures to `out_dir`."
+    cfg = cfg or EvalConfig()
+    set_seed(cfg.seed)
+    folder = Path(cfg.cache_dir or cache_dir()/"eval")
+    suites = suites if suites is not None else build_suites(cfg, policy, rows)
+    judges = judges if judges is not None else make_judges(cfg, folder, policy)
+    if not suites: raise PolicyAlignError("no suites to evaluate", "list suites in EvalConfig.suites or pass suites=[...]")
+    metrics,groups,items = _answer_all(model, tok, policy, suites, judges, cfg, folder, progress)
+    heldout = [r["request"] for r in rows or [] if r.get("kind") == "harmful"][:cfg.mechanism_limit] if "aligned" in cfg.rows else []
+    if progress and heldout: log.info(f"eval: mechanism on {len(heldout)} held-out requests")
+    with eval_mode(model): mech = mechanism(model, tok, policy, heldout, cfg.mechanism_tokens, cfg.mechanism_samples, cfg.n_boot, cfg.seed) if heldout else None
+    result = dict(config=asdict(cfg), model=dict(fingerprint=fingerprint(model), base_fingerprint=base_fingerprint(model), name=model_name(model, short=True)),
                   policy=dict(name=policy.name, domain=policy.domain, version=stable_hash(policy.system_prompt)),
                   judges={j.name: j.version for j in judges}, suites={s.name: dict(kind=s.kind, n=len(s), version=s.version, source=s.source) for s in suites},
                   metrics=metrics, gap_closed=gap_table(items, cfg.n_boot, cfg.seed), groups=groups, mechanism=mech)
-    if out_dir is not None: write_report(result, out_dir, items)
-    return result
+    return EvalResult(items, _eval_summary(result), _write_evaluation(out_dir, result, items), result)
 
 # %% ../nbs/07_evaluation.ipynb #49202465
 def _fmt(m):
@@ -293,6 +293,7 @@ def _fmt_gap(g:dict|None) -> str:
     if not g["applicable"]: return "n/a: oracle " + ("not better" if "not better" in g["why"] else "gain unclear")
     return f"{g['gap_closed']:.2f} [{g['lo']:.2f}, {g['hi']:.2f}]"
 
+# %% ../nbs/07_evaluation.ipynb #d24777af
 def report_markdown(result:dict, level:int=1) -> str:
     "A Markdown report: the mechanism (when measured), then one table row per (suite, metric, judge), one column per row; `level` is the top heading's."
     rows = result["config"]["rows"]
@@ -301,7 +302,6 @@ def report_markdown(result:dict, level:int=1) -> str:
     keys = list(dict.fromkeys((m["suite"], m["metric"], m["judge"]) for m in result["metrics"] if m["metric"] != "full_refusal"))
     name = lambda s,k: "over-refusal" if k == "refusal" and result["suites"][s]["kind"] == "benign" else k
     model = result["model"]["name"] or "model"
-    model = Path(model).name if os.path.isabs(model) else model   # a local folder: its name, not this machine's path
     h = "#" * level
     lines = [f"{h} Evaluation of {model} against policy {result['policy']['name']!r}", ""]
     if result.get("mechanism"): lines += [f"{h}# What distillation moved (the mechanism)", "", mechanism_markdown(result["mechanism"]), f"{h}# Behaviour", ""]
@@ -318,18 +318,16 @@ def report_markdown(result:dict, level:int=1) -> str:
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/07_evaluation.ipynb #614d7c98
-def write_report(result:dict, out_dir, items:list[dict]|None=None) -> dict:
-    "Write eval.json, answers.jsonl, report.md and the PNG figures into `out_dir`; return their paths."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    paths = dict(json=out/"eval.json", report=out/"report.md")
-    write_json(paths["json"], result)
-    if items is not None: write_jsonl(out/"answers.jsonl", items); paths["answers"] = out/"answers.jsonl"
-    with atomic_write(paths["report"]) as f: f.write(report_markdown(result))
-    try: paths["eval_png"] = save_figure(plot_eval(result), out/"eval.png")
+def _write_evaluation(out_dir, result:dict, items:list[dict]) -> dict:
+    "Write eval.json, answers.jsonl and the PNG figures into `out_dir`; return their paths."
+    if out_dir is None: return {}
+    paths = {"eval": run_file(out_dir, "eval"), "answers": run_file(out_dir, "answers")}
+    write_json(paths["eval"], result); write_jsonl(paths["answers"], items)
+    try: paths["eval_png"] = save_figure(plot_eval(result), run_file(out_dir, "eval_png"))
     except ValueError as e: log.info(f"no eval figure: {e}")
-    if result.get("mechanism"): paths["mechanism_png"] = save_figure(plot_mechanism(result["mechanism"]), out/"mechanism.png")
+    if result.get("mechanism"): paths["mechanism_png"] = save_figure(plot_mechanism(result["mechanism"]), run_file(out_dir, "mechanism_png"))
     for s in dict.fromkeys(g["suite"] for g in result["groups"]):
         metric = "violation" if result["suites"][s]["kind"] == "harmful" else "refusal"
-        try: paths[f"groups_{s}"] = save_figure(plot_groups(result, suite=s, metric=metric), out/f"groups_{s}.png")
+        try: paths[f"groups_{s}"] = save_figure(plot_groups(result, suite=s, metric=metric), run_file(out_dir, "groups_png", suite=s))
         except ValueError as e: log.info(f"no group figure for {s}: {e}")
     return paths

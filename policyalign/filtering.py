@@ -9,13 +9,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
-from .core import JsonlCache, PolicyAlignError, atomic_write, cache_dir, get_logger, read_jsonl, set_seed, stable_hash, write_jsonl
+from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_jsonl
 from .models import fingerprint
+from .plots import save_figure
 from .policy import Policy, Prompter
 from .rollout import PolicyPrefix, answer_scores, context_length, pair_batch, prepare_prompts, rollout, score_tokens
 
 # %% auto #0
-__all__ = ['SCORES', 'FilterConfig', 'score_requests', 'flip_scores', 'select_sensitive', 'filter_requests', 'plot_filtering']
+__all__ = ['SCORES', 'FilterConfig', 'score_requests', 'flip_scores', 'select_sensitive', 'plot_filtering', 'FilterResult',
+           'filter_requests']
 
 # %% ../nbs/04_filtering.ipynb #7f006e64
 log = get_logger(__name__)
@@ -23,6 +25,7 @@ log = get_logger(__name__)
 # %% ../nbs/04_filtering.ipynb #2776f820
 SCORES = ("kl", "logp_gap", "flip")
 
+# %% ../nbs/04_filtering.ipynb #608096ea
 @dataclass
 class FilterConfig:
     "Stage 2 settings; defaults are the GPU (reference-scale) values."
@@ -38,17 +41,14 @@ class FilterConfig:
     threshold: float|None = None    # ... or every request scoring at least this
     min_per_rule: int = 0           # never keep fewer than this per rule (when available)
     prefix_cache: bool = True
-    cache: bool = True              # reuse scores from earlier runs (keyed by model, policy, request, sampling)
+    reuse_scores: bool = True       # reuse scores from earlier runs (keyed by model, policy, request, sampling)
     seed: int = 0
 
     def __post_init__(self):
         if self.score not in SCORES: raise PolicyAlignError(f"unknown score {self.score!r}", f"use one of {SCORES}")
-        for f in ("samples", "max_new_tokens", "top_k", "batch_size"):
-            if getattr(self, f) < 1: raise PolicyAlignError(f"FilterConfig.{f} must be at least 1 (got {getattr(self, f)})")
+        check_fields(self, samples=1, max_new_tokens=1, top_k=1, batch_size=1, top_n=1, min_per_rule=0)
         if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
             raise PolicyAlignError(f"keep_fraction={self.keep_fraction} is outside (0, 1]", "e.g. keep_fraction=0.5")
-        if self.top_n is not None and self.top_n < 1: raise PolicyAlignError(f"top_n={self.top_n} must be at least 1")
-        if self.min_per_rule < 0: raise PolicyAlignError(f"min_per_rule={self.min_per_rule} is negative")
         if self.temperature <= 0: raise PolicyAlignError("the filtering score samples like training: temperature must be > 0")
 
     @classmethod
@@ -66,7 +66,7 @@ def _mean_std(xs): return (statistics.fmean(xs), statistics.pstdev(xs) if len(xs
 
 def _score_batch(model, tok, s_p, t_p, cfg, prefix, seed):
     "Scores of one batch of prompts: `cfg.samples` answers each, averaged."
-    g = rollout(model, s_p, tok, cfg.max_new_tokens, cfg.temperature, seed=seed, batch_size=len(s_p)*cfg.samples, samples=cfg.samples)
+    g = rollout(model, tok, s_p, cfg.max_new_tokens, cfg.temperature, seed=seed, batch_size=len(s_p)*cfg.samples, samples=cfg.samples)
     rep = lambda xs: [x for x in xs for _ in range(cfg.samples)]
     with torch.no_grad():
         loss,stats,mask = score_tokens(model, pair_batch(rep(s_p), rep(t_p), g.answer_ids, tok.pad_token_id),
@@ -91,7 +91,7 @@ def score_requests(model, tok, policy:Policy, requests:list[str], cfg:FilterConf
     s_p,t_p = prepare_prompts(pr, requests, cfg.max_new_tokens, context_length(model))
     fp = fingerprint(model)
     keys = [stable_hash(fp, policy.render(), r, cfg.sampling()) for r in requests]
-    cache = JsonlCache(cache_path or cache_dir()/"scores"/f"{stable_hash(fp, policy.render())}.jsonl") if cfg.cache else None
+    cache = JsonlCache(cache_path or cache_dir()/"scores"/f"{stable_hash(fp, policy.render())}.jsonl") if cfg.reuse_scores else None
     todo = [i for i,k in enumerate(keys) if cache is None or k not in cache]
     prefix = PolicyPrefix(pr) if cfg.prefix_cache else None
     set_seed(cfg.seed)
@@ -111,9 +111,9 @@ def flip_scores(model, tok, policy:Policy, requests:list[str], judge, cfg:Filter
     cfg = cfg or FilterConfig()
     s_p,t_p = prepare_prompts(Prompter(tok, policy), requests, cfg.max_new_tokens, context_length(model))
     reps = [r for r in requests for _ in range(cfg.samples)]
-    def p_safe(prompts, mode):
+    def p_safe(prompts, teacher):
         from policyalign.rollout import teacher_weights
-        with teacher_weights(model, mode): g = rollout(model, prompts, tok, cfg.max_new_tokens, cfg.temperature, cfg.seed, cfg.batch_size, cfg.samples)
+        with teacher_weights(model, teacher): g = rollout(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed, cfg.batch_size, cfg.samples)
         v = [x.safe for x in judge.judge(reps, g.texts)]
         return [statistics.fmean(1.0 if s else 0.0 for s in v[i*cfg.samples:(i+1)*cfg.samples]) for i in range(len(requests))]
     return [a - b for a,b in zip(p_safe(t_p, "frozen"), p_safe(s_p, "live"))]
@@ -140,26 +140,6 @@ def select_sensitive(rows:list[dict], cfg:FilterConfig|None=None) -> list[dict]:
         chosen.append(r)
     return sorted(chosen, key=lambda r: (-r[cfg.score], r.get("request", "")))
 
-# %% ../nbs/04_filtering.ipynb #30db2dc6
-def filter_requests(model, tok, policy:Policy, rows:list[dict], cfg:FilterConfig|None=None, out_dir=None, progress:bool=True):
-    "Score synthesis `rows` (dicts with `instruction`), select the harmful ones to train on; write scores.jsonl and filtered.jsonl."
-    cfg = cfg or FilterConfig()
-    if cfg.score == "flip": raise PolicyAlignError("the flip score needs a judge", "call flip_scores(model, tok, policy, requests, judge) and add it to the rows")
-    rows = list(rows)
-    if not rows: raise PolicyAlignError("the input set is empty", "run synthesis first (synthesis.jsonl has no rows)")
-    if "instruction" not in rows[0]: raise PolicyAlignError(f"rows have no 'instruction' column (columns: {sorted(rows[0])})",
-                                                           "pass the rows written by synthesis (synthesis.jsonl)")
-    cache = Path(out_dir)/"score_cache.jsonl" if out_dir else None
-    scores = score_requests(model, tok, policy, [r["instruction"] for r in rows], cfg, cache, progress)
-    scored = [{**r, **{k: v for k,v in s.items() if k not in ("key", "request")}, "request": r["instruction"]} for r,s in zip(rows, scores)]
-    kept = select_sensitive(scored, cfg)
-    ids = {id(r) for r in kept}
-    for r in scored: r["selected"] = id(r) in ids
-    if out_dir:
-        write_jsonl(Path(out_dir)/"scores.jsonl", scored)
-        write_jsonl(Path(out_dir)/"filtered.jsonl", kept)
-    return scored, kept
-
 # %% ../nbs/04_filtering.ipynb #e8fde38d
 def plot_filtering(scored:list[dict], score:str="kl"):
     "Score histogram (harmful vs benign, with the cut) and kept counts per rule; returns the Figure."
@@ -181,3 +161,36 @@ def plot_filtering(scored:list[dict], score:str="kl"):
     b.set(xlabel="rule", ylabel="requests", title="Kept per rule"); b.legend()
     fig.tight_layout()
     return fig
+
+# %% ../nbs/04_filtering.ipynb #6cfe62cd
+@dataclass(repr=False)
+class FilterResult(StageResult):
+    "Stage 2's result: `rows` are the kept requests, best first; `scored` holds every input row with its scores."
+    scored: list[dict] = field(default_factory=list)
+
+def _filter_summary(scored, kept, cfg) -> dict:
+    harm = [r[cfg.score] for r in scored if r.get("kind", "harmful") == "harmful"]
+    return dict(scored=len(scored), kept=len(kept), mean_score=sum(harm) / max(1, len(harm)),
+                kept_min_score=min((r[cfg.score] for r in kept), default=None))
+
+def _write_filtering(out_dir, scored, kept, cfg) -> dict:
+    if out_dir is None: return {}
+    paths = {n: run_file(out_dir, n) for n in ("scores", "filtered", "filtering_png")}
+    write_jsonl(paths["scores"], scored); write_jsonl(paths["filtered"], kept)
+    save_figure(plot_filtering(scored, cfg.score), paths["filtering_png"])
+    return paths
+
+# %% ../nbs/04_filtering.ipynb #dd13b33a
+def filter_requests(model, tok, policy:Policy, rows:list[dict], cfg:FilterConfig|None=None, out_dir=None, progress:bool=True) -> FilterResult:
+    "Stage 2: score every row, keep the most policy-sensitive harmful ones; write scores, kept rows and figure to `out_dir`."
+    cfg = cfg or FilterConfig()
+    if cfg.score == "flip": raise PolicyAlignError("the flip score needs a judge", "call flip_scores(model, tok, policy, requests, judge) and add it to the rows")
+    texts = request_texts(rows)
+    if not texts: raise PolicyAlignError("there are no requests to filter", "run synthesis first, or pass a non-empty list of rows")
+    scores = score_requests(model, tok, policy, texts, cfg, run_file(out_dir, "score_cache"), progress)
+    scored = [{**(r if isinstance(r, dict) else {"request": r}), **{k: v for k,v in s.items() if k not in ("key", "request")}}
+              for r,s in zip(rows, scores)]
+    kept = select_sensitive(scored, cfg)
+    ids = {id(r) for r in kept}
+    for r in scored: r["selected"] = id(r) in ids
+    return FilterResult(kept, _filter_summary(scored, kept, cfg), _write_filtering(out_dir, scored, kept, cfg), scored)

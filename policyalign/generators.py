@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_generators.ipynb #329ca121
 from __future__ import annotations
-import json, os, socket, time, urllib.error, urllib.request
+import json, os, threading, time
 from pathlib import Path
 from fastcore.basics import patch
 from .core import PolicyAlignError, get_logger
@@ -21,7 +21,7 @@ class LocalGenerator:
     "A chat model loaded in this process (e.g. by `load_model`), used as a request generator."
     def __init__(self, model, tok, name:str|None=None, batch_size:int=16, top_p:float=0.95):
         self.model,self.tok,self.batch_size,self.top_p = model,tok,batch_size,top_p
-        self.name = name or Path(model_name(model)).name or "local"
+        self.name = name or model_name(model, short=True) or "local"
 
     def complete(self, conversations:list[list[dict]], temperature:float=0.8, max_tokens:int=256, seed:int|None=None) -> list[str]:
         "One answer per conversation, generated in batches."
@@ -58,6 +58,7 @@ class OpenAIGenerator:
         self.url,self.model,self.api_key_env = _chat_url(base_url),model,api_key_env
         self.timeout,self.max_retries,self.backoff,self.concurrency = timeout,max_retries,backoff,max(1, concurrency)
         self.name = name or f"openai:{model}"
+        self._client,self._lock = None,threading.Lock()
 
     def __repr__(self): return f"OpenAIGenerator({self.url!r}, model={self.model!r}, key from ${self.api_key_env})"
 
@@ -65,24 +66,29 @@ class OpenAIGenerator:
         key = os.environ.get(self.api_key_env)
         return s.replace(key, "***") if key else s
 
+    @property
+    def client(self):
+        "One `httpx.Client` for every request (connections kept alive and shared across threads), made on first use."
+        import httpx
+        with self._lock:
+            if self._client is None: self._client = httpx.Client(timeout=self.timeout)
+        return self._client
+
 # %% ../nbs/03a_generators.ipynb #9822e784
 @patch
 def _once(self:OpenAIGenerator, payload:dict) -> str:
     "POST one chat request; `_Retry` for failures worth retrying."
-    headers = {"Content-Type": "application/json"}
-    if key := os.environ.get(self.api_key_env): headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(self.url, data=json.dumps(payload).encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp: body = resp.read()
-    except urllib.error.HTTPError as e:
-        if e.code >= 500: raise _Retry(f"HTTP {e.code}") from e
-        fix = f"check the key in ${self.api_key_env}" if e.code in (401, 403) else "check the model name and the URL"
-        raise PolicyAlignError(f"{self.url} answered HTTP {e.code}: {self._scrub(e.read()[:200].decode(errors='replace'))}", fix) from e
-    except (urllib.error.URLError, TimeoutError, ConnectionError, socket.timeout) as e:
-        raise _Retry(type(e).__name__ + ": " + str(getattr(e, "reason", e))) from e
-    try: data = json.loads(body)
+    import httpx
+    headers = {"Authorization": f"Bearer {key}"} if (key := os.environ.get(self.api_key_env)) else {}
+    try: resp = self.client.post(self.url, json=payload, headers=headers)
+    except httpx.TransportError as e: raise _Retry(f"{type(e).__name__}: {e}") from e      # refused, reset, timed out
+    if resp.status_code >= 500: raise _Retry(f"HTTP {resp.status_code}")
+    if resp.status_code >= 400:
+        fix = f"check the key in ${self.api_key_env}" if resp.status_code in (401, 403) else "check the model name and the URL"
+        raise PolicyAlignError(f"{self.url} answered HTTP {resp.status_code}: {self._scrub(resp.text[:200])}", fix)
+    try: data = json.loads(resp.content)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PolicyAlignError(f"{self.url} answered something that is not JSON: {body[:120]!r}",
+        raise PolicyAlignError(f"{self.url} answered something that is not JSON: {resp.content[:120]!r}",
                                "check that the URL is an OpenAI-compatible /v1 endpoint") from e
     return _content(data, self.url)
 
@@ -98,6 +104,7 @@ def _post(self:OpenAIGenerator, payload:dict) -> str:
     raise PolicyAlignError(f"chat endpoint {self.url} failed {self.max_retries + 1} times (last: {last})",
                            "check that the server is running and reachable, or raise timeout/max_retries")
 
+# %% ../nbs/03a_generators.ipynb #fe387c9c
 @patch
 def complete(self:OpenAIGenerator, conversations:list[list[dict]], temperature:float=0.8, max_tokens:int=256,
               seed:int|None=None) -> list[str]:

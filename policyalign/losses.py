@@ -26,18 +26,16 @@ def forward_kl(s_logp, t_logp):
     return reverse_kl(t_logp, s_logp)
 
 # %% ../nbs/05_losses.ipynb #34af2318
-def topk_reverse_kl(s_logp, t_logp, k:int=256, renormalize:bool=False):
-    "KL(student || teacher) summed over the student's top-`k` tokens per position; optionally renormalised over them."
-    k = min(k, s_logp.shape[-1])
-    idx = s_logp.detach().topk(k, dim=-1).indices   # chosen without gradient
+def topk_reverse_kl(s_logp, t_logp, top_k:int=256, renormalize:bool=False):
+    "KL(student || teacher) summed over the student's `top_k` tokens per position; optionally renormalised over them."
+    idx = s_logp.detach().topk(min(top_k, s_logp.shape[-1]), dim=-1).indices   # chosen without gradient
     s,t = _finite(s_logp.gather(-1, idx)),_finite(t_logp.gather(-1, idx))
     if renormalize: s,t = s - s.logsumexp(-1, keepdim=True),t - t.logsumexp(-1, keepdim=True)
     return (s.exp() * (s - t)).sum(-1)
 
-def topk_tail_reverse_kl(s_logp, t_logp, k:int=256):
-    "KL(student || teacher) over the student's top-`k` tokens plus one 'tail' bucket holding all other tokens' mass."
-    k = min(k, s_logp.shape[-1])
-    idx = s_logp.detach().topk(k, dim=-1).indices
+def topk_tail_reverse_kl(s_logp, t_logp, top_k:int=256):
+    "KL(student || teacher) over the student's `top_k` tokens plus one 'tail' bucket holding all other tokens' mass."
+    idx = s_logp.detach().topk(min(top_k, s_logp.shape[-1]), dim=-1).indices
     s,t = _finite(s_logp.gather(-1, idx)),_finite(t_logp.gather(-1, idx))
     tail = lambda lp: torch.log1p(-lp.exp().sum(-1).clamp(max=1 - 1e-6)).clamp(min=-1e4)   # log(1 - top-k mass)
     s_tail,t_tail = tail(s),tail(t)
@@ -55,19 +53,19 @@ def generalized_jsd(s_logp, t_logp, beta:float=0.5):
 # %% ../nbs/05_losses.ipynb #5ea3cbcb
 DIVERGENCES = ("topk_reverse_kl", "topk_reverse_kl_renorm", "topk_tail_reverse_kl", "reverse_kl", "forward_kl", "jsd")
 
-def token_divergence(s_logits, t_logits, kind:str="topk_reverse_kl", k:int=256, beta:float=0.5):
+def token_divergence(s_logits, t_logits, divergence:str="topk_reverse_kl", top_k:int=256, beta:float=0.5):
     "Per-position divergence between student and teacher *logits*, computed in float32."
-    return logp_divergence(s_logits.float().log_softmax(-1), t_logits.float().log_softmax(-1), kind, k, beta)
+    return logp_divergence(s_logits.float().log_softmax(-1), t_logits.float().log_softmax(-1), divergence, top_k, beta)
 
-def logp_divergence(s, t, kind:str="topk_reverse_kl", k:int=256, beta:float=0.5):
+def logp_divergence(s, t, divergence:str="topk_reverse_kl", top_k:int=256, beta:float=0.5):
     "Per-position divergence between student and teacher *log-probabilities*, chosen by name."
-    if kind == "topk_reverse_kl": return topk_reverse_kl(s, t, k)
-    if kind == "topk_reverse_kl_renorm": return topk_reverse_kl(s, t, k, renormalize=True)
-    if kind == "topk_tail_reverse_kl": return topk_tail_reverse_kl(s, t, k)
-    if kind == "reverse_kl": return reverse_kl(s, t)
-    if kind == "forward_kl": return forward_kl(s, t)
-    if kind == "jsd": return generalized_jsd(s, t, beta)
-    raise ValueError(f"unknown divergence {kind!r}; use one of {DIVERGENCES}")
+    if divergence == "topk_reverse_kl": return topk_reverse_kl(s, t, top_k)
+    if divergence == "topk_reverse_kl_renorm": return topk_reverse_kl(s, t, top_k, renormalize=True)
+    if divergence == "topk_tail_reverse_kl": return topk_tail_reverse_kl(s, t, top_k)
+    if divergence == "reverse_kl": return reverse_kl(s, t)
+    if divergence == "forward_kl": return forward_kl(s, t)
+    if divergence == "jsd": return generalized_jsd(s, t, beta)
+    raise ValueError(f"unknown divergence {divergence!r}; use one of {DIVERGENCES}")
 
 # %% ../nbs/05_losses.ipynb #b78730df
 def masked_mean(x, mask):
@@ -76,24 +74,24 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 # %% ../nbs/05_losses.ipynb #22e52cdb
-def _chunk(s_h, t_h, tokens, weight, bias, kind, k, beta, scale):
+def _chunk(s_h, t_h, tokens, weight, bias, divergence, top_k, beta, scale):
     logp = lambda h: (F.linear(h, weight, bias).float() * scale).log_softmax(-1)
     s_lp,t_lp = logp(s_h),logp(t_h)
-    loss = logp_divergence(s_lp, t_lp, kind, k, beta)
+    loss = logp_divergence(s_lp, t_lp, divergence, top_k, beta)
     with torch.no_grad():
         s_lp = s_lp.detach()
         tok = tokens[:, None]
         stats = torch.stack([s_lp.gather(-1, tok)[:, 0], t_lp.gather(-1, tok)[:, 0],
-                             s_lp.topk(min(k, s_lp.shape[-1]), -1).values.exp().sum(-1)], -1)
+                             s_lp.topk(min(top_k, s_lp.shape[-1]), -1).values.exp().sum(-1)], -1)
     return loss, stats
 
 # %% ../nbs/05_losses.ipynb #24a15fc1
-def chunked_head_divergence(s_hidden, t_hidden, tokens, weight, bias=None, kind:str="topk_reverse_kl", k:int=256,
+def chunked_head_divergence(s_hidden, t_hidden, tokens, weight, bias=None, divergence:str="topk_reverse_kl", top_k:int=256,
                             beta:float=0.5, chunk:int=1024, scale:float=1.0):
     "Per-token divergence from hidden states `(n, d)` through the output head (logits times `scale`), chunk by chunk; also `(n, 3)` stats: sampled-token log-prob (student, teacher) and top-k mass."
     losses,stats = [],[]
     for i in range(0, s_hidden.shape[0], chunk):
-        args = (s_hidden[i:i+chunk], t_hidden[i:i+chunk], tokens[i:i+chunk], weight, bias, kind, k, beta, scale)
+        args = (s_hidden[i:i+chunk], t_hidden[i:i+chunk], tokens[i:i+chunk], weight, bias, divergence, top_k, beta, scale)
         l,s = checkpoint(_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk(*args)
         losses.append(l); stats.append(s)
     if not losses: return s_hidden.new_zeros(0), s_hidden.new_zeros(0, 3)

@@ -40,6 +40,7 @@ def _convert_gguf(src:Path, fname:str, dest:Path):
         if not (dest/"model.safetensors").exists(): raise
         shutil.rmtree(tmp, ignore_errors=True)
 
+# %% ../nbs/02_models.ipynb #92385d42
 def embedded_model_dir(name:str="smollm2-135m") -> Path:
     "Folder of the embedded model as safetensors, converted from its GGUF file on first use."
     pkg,fname,dist = EMBEDDED_MODELS[name]
@@ -160,6 +161,7 @@ def _load_base(path, cfg):
     model.policyalign_precision = prec     # what `autocast(model)` computes in
     return model
 
+# %% ../nbs/02_models.ipynb #a8474d0f
 def _prepare_4bit(model, cfg):
     "Freeze the 4-bit base and turn on gradient checkpointing. Unlike peft's `prepare_model_for_kbit_training`, the unquantised weights (embeddings, head, norms) stay in the compute dtype instead of float32."
     for p in model.parameters(): p.requires_grad_(False)
@@ -181,6 +183,7 @@ def _quiet_loading():
     finally:
         if was: hf_logging.enable_progress_bar()
 
+# %% ../nbs/02_models.ipynb #6bd931f6
 def _friendly_load_error(name, err):
     msg = str(err)
     if "safetensors" in msg.lower() or "use_safetensors" in msg:
@@ -271,6 +274,7 @@ def eos_ids(model, tok) -> set[int]:
 
 def _as_list(x): return [] if x is None else (list(x) if isinstance(x, (list, tuple, set)) else [x])
 
+# %% ../nbs/02_models.ipynb #0bffc1be
 def left_pad(rows:list[list[int]], pad:int, width:int|None=None):
     "Token-id rows as a left-padded `(n, width)` tensor and its attention mask."
     import torch
@@ -288,6 +292,7 @@ def eval_mode(model):
     try: yield
     finally: model.train(was)
 
+# %% ../nbs/02_models.ipynb #263d244e
 @contextlib.contextmanager
 def plain_generation_config(model):
     "Within this context `model.generate` sees no sampling settings of the model's own: only its special-token ids."
@@ -341,9 +346,10 @@ def _adapter_weights(model):
     "Every LoRA weight (trainable or not) and any other trainable weight, in a stable order."
     return [(n,p) for n,p in model.named_parameters() if p.requires_grad or "lora_" in n]
 
-def model_name(model) -> str:
-    "The name or folder the model was loaded from ('' when it was built in memory)."
-    return getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+def model_name(model, short:bool=False) -> str:
+    "The hub id or folder the model was loaded from ('' when built in memory); `short`: a local folder's name, not its path."
+    n = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return Path(n).name if short and os.path.isabs(n) else n
 
 def fingerprint(model, extra:str="") -> str:
     "A short hash of the model's name, its active adapter and the bytes of its adapter weights."

@@ -4,27 +4,24 @@
 
 # %% ../nbs/09_pipeline.ipynb #48be0762
 from __future__ import annotations
-import dataclasses, datetime, json, os, platform, socket, time
-from collections import Counter
+import datetime, json, os, platform, socket, time
 from dataclasses import dataclass, field, asdict, fields
+from fastcore.basics import patch
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, atomic_write, get_logger, read_json, read_jsonl, set_seed, stable_hash, write_json, write_jsonl
+from .core import PolicyAlignError, RUN_FILES, StageResult, atomic_write, get_logger, read_json, read_jsonl, run_file, set_seed, stable_hash, write_json
 from .policy import Policy, load_policy
 from .models import ModelConfig, load_model
-from .generators import LocalGenerator, OpenAIGenerator
-from .rollout import teacher_weights
-from .synthesis import POLICY_TEXT, SynthConfig, synthesize, import_seeds
-from .filtering import FilterConfig, filter_requests, plot_filtering
-from .distill import DistillConfig, distill, plot_training
-from .plots import save_figure
+from .synthesis import SynthConfig, synthesize
+from .seeds import import_seeds
+from .filtering import FilterConfig, filter_requests
+from .distill import DistillConfig, distill
 from .check import CheckConfig, check_markdown, oracle_check
 from .evaluation import EvalConfig, evaluate, report_markdown
 
 # %% auto #0
-__all__ = ['PRESETS', 'STAGES', 'STAGE_FUNCS', 'PipelineConfig', 'config_from_dict', 'config_to_dict', 'stage_fingerprints',
-           'RunLock', 'run_check', 'run_synthesis', 'run_filtering', 'run_distillation', 'run_evaluation', 'run',
-           'shows', 'write_report']
+__all__ = ['PRESETS', 'STAGES', 'STAGE_FUNCS', 'STAGE_CONFIGS', 'STAGE_INPUTS', 'PipelineConfig', 'config_from_dict',
+           'config_to_dict', 'stage_fingerprints', 'RunLock', 'stage_rows', 'run_stage', 'run', 'shows', 'write_report']
 
 # %% ../nbs/09_pipeline.ipynb #94769712
 log = get_logger(__name__)
@@ -40,17 +37,12 @@ class PipelineConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
-    generator_url: str|None = None          # an OpenAI-compatible endpoint for synthesis (default: the model itself)
-    generator_model: str = ""               # the model name to ask that endpoint for
-    generator_timeout: float = 120.0        # seconds per endpoint request (then bounded retries with backoff)
-    seeds: str|None = None                  # a CSV/JSON(L) file of extra harmful requests (column `goal` or `instruction`)
-    heldout_fraction: float = 0.2           # share of synthesized harmful requests kept out of training, for evaluation
+    seeds: str|None = None                  # a CSV/JSON(L) file of extra harmful requests (column `goal` or `request`)
     preset: str = "gpu"
     seed: int = 0
     threads: int|None = None                # torch threads for the whole run (None: torch's default); recorded in config.json
 
     def __post_init__(self):
-        if not 0 <= self.heldout_fraction < 1: raise PolicyAlignError(f"heldout_fraction={self.heldout_fraction} is outside [0, 1)")
         if self.preset not in PRESETS: raise PolicyAlignError(f"unknown preset {self.preset!r}", f"use one of {', '.join(PRESETS)}")
         if self.threads is not None and self.threads < 1: raise PolicyAlignError(f"threads={self.threads}", "use a positive number, or leave it unset")
 
@@ -61,6 +53,7 @@ class PipelineConfig:
         if name not in PRESETS: raise PolicyAlignError(f"unknown preset {name!r}", f"use auto, {', '.join(PRESETS)}")
         return cls(preset=name, **{**PRESETS[name](), **kw})
 
+# %% ../nbs/09_pipeline.ipynb #17f4461a
 def _cpu_preset():
     return dict(model=ModelConfig(), synth=SynthConfig.tiny(source="policy", n_per_tactic=2, n_benign=1),
                 filter=FilterConfig.tiny(max_new_tokens=32, keep_fraction=0.5, min_per_rule=2),
@@ -80,6 +73,7 @@ def _check_type(where, name, value, default):
     if isinstance(default, float) and isinstance(value, int): return float(value)
     return tuple(value) if isinstance(default, tuple) and not isinstance(value, str) else value
 
+# %% ../nbs/09_pipeline.ipynb #47e008f2
 def _build(cls, d:dict, where="", base=None):
     base = base or cls()
     known = {f.name for f in fields(cls)}
@@ -100,6 +94,7 @@ def config_from_dict(d:dict, base:PipelineConfig|None=None) -> PipelineConfig:
     if "preset" in d and base is None: base = PipelineConfig.preset_for(d["preset"])
     return _build(PipelineConfig, d, "", base or PipelineConfig())
 
+# %% ../nbs/09_pipeline.ipynb #bed7254c
 def config_to_dict(cfg:PipelineConfig) -> dict:
     "The config as JSON-ready nested dicts."
     return json.loads(json.dumps(asdict(cfg), default=list))
@@ -111,7 +106,7 @@ def stage_fingerprints(cfg:PipelineConfig, policy:Policy) -> dict[str, str]:
     "One hash per stage over the settings that decide its output and the stage before it."
     d = config_to_dict(cfg)
     model = {k: d["model"][k] for k in ("name", "quantize", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "revision")}
-    s = stable_hash("synthesis", policy.render(), model, d["synth"], cfg.generator_url, cfg.generator_model, cfg.seeds, cfg.heldout_fraction, cfg.seed)
+    s = stable_hash("synthesis", policy.render(), model, d["synth"], cfg.seeds, cfg.seed)
     f = stable_hash("filtering", s, d["filter"])
     t = stable_hash("distillation", f, {k: v for k,v in d["distill"].items() if k not in ("checkpoint_every", "keep_checkpoints", "report_to")})
     e = stable_hash("evaluation", t, d["eval"])
@@ -121,7 +116,7 @@ def stage_fingerprints(cfg:PipelineConfig, policy:Policy) -> dict[str, str]:
 # %% ../nbs/09_pipeline.ipynb #b155855b
 class RunLock:
     "An exclusive lock on a run folder (`.lock` with the holder's pid and host)."
-    def __init__(self, folder): self.path = Path(folder)/".lock"
+    def __init__(self, folder): self.path = run_file(folder, "lock")
 
     def _holder(self):
         try: return json.loads(self.path.read_text())
@@ -133,38 +128,48 @@ class RunLock:
         except (ProcessLookupError, ValueError, TypeError): return False
         except PermissionError: return True
 
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = dict(pid=os.getpid(), host=socket.gethostname(), since=datetime.datetime.now().isoformat(timespec="seconds"))
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                with os.fdopen(fd, "w") as f: json.dump(me, f)
-                return self
-            except FileExistsError:
-                h = self._holder()
-                if self._alive(h): raise PolicyAlignError(f"run folder {self.path.parent} is in use by process {h.get('pid')} on {h.get('host')} (since {h.get('since')})",
-                                                          "wait for that run to finish, or use another --out folder")
-                log.info(f"taking over a stale lock in {self.path.parent} (process {h and h.get('pid')} is gone)")
-                self.path.unlink(missing_ok=True)
-        raise PolicyAlignError(f"could not lock {self.path.parent}", "remove its .lock file if no run is using it")
-
     def __exit__(self, *a): self.path.unlink(missing_ok=True)
 
+
+
+# %% ../nbs/09_pipeline.ipynb #cba95257
+@patch
+def __enter__(self:RunLock):
+    "Take the lock, or take over one whose process is gone; a live holder is a two-line error."
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    me = dict(pid=os.getpid(), host=socket.gethostname(), since=datetime.datetime.now().isoformat(timespec="seconds"))
+    for _ in range(2):
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "w") as f: json.dump(me, f)
+            return self
+        except FileExistsError:
+            h = self._holder()
+            if self._alive(h): raise PolicyAlignError(f"run folder {self.path.parent} is in use by process {h.get('pid')} on {h.get('host')} (since {h.get('since')})",
+                                                      "wait for that run to finish, or use another --out folder")
+            log.info(f"taking over a stale lock in {self.path.parent} (process {h and h.get('pid')} is gone)")
+            self.path.unlink(missing_ok=True)
+    raise PolicyAlignError(f"could not lock {self.path.parent}", "remove its .lock file if no run is using it")
+
 # %% ../nbs/09_pipeline.ipynb #75b55522
-def _split_heldout(rows, frac, seed):
-    """Hold out `frac` of the harmful rows for evaluation (by hash, so adding rows never reshuffles the rest).
-    Benign rows are never trained on, so all of them also go to the evaluation file."""
-    held = lambda r: r["kind"] == "harmful" and int(stable_hash(seed, r["instruction"]), 16) % 1000 < frac * 1000
-    return [r for r in rows if not held(r)], [r for r in rows if held(r) or r["kind"] == "benign"]
+STAGE_FUNCS = dict(check=oracle_check, synthesis=synthesize, filtering=filter_requests, distillation=distill, evaluation=evaluate)
+STAGE_CONFIGS = dict(check="check", synthesis="synth", filtering="filter", distillation="distill", evaluation="eval")
+STAGE_INPUTS = dict(check=None, synthesis=None, filtering="synthesis", distillation="filtered", evaluation="heldout")
 
-def run_check(cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> dict:
-    "Stage 0: the oracle check (what the policy in the prompt does to the model before training); writes check.json."
-    res = oracle_check(model, tok, policy, cfg.check)
-    write_json(out/"check.json", res)
-    o = res["overall"]
-    return dict(verdict=o["verdict"], refusal_gain=o["harmful"]["gain"]["mean"], policy_kl=o["kl"]["mean"])
+def stage_rows(stage:str, cfg:PipelineConfig, policy:Policy, out:Path) -> list[dict]|None:
+    "The rows `stage` takes: the artifact named in `STAGE_INPUTS`, or for synthesis the seed file's requests."
+    if stage == "synthesis": return import_seeds(cfg.seeds, policy, column=_seed_column(cfg.seeds)) if cfg.seeds else None
+    return read_jsonl(run_file(out, STAGE_INPUTS[stage])) if STAGE_INPUTS[stage] else None
 
+def run_stage(stage:str, cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> StageResult:
+    "Run one stage on its input rows with its part of the config, writing into the run folder `out`."
+    return STAGE_FUNCS[stage](model, tok, policy, stage_rows(stage, cfg, policy, out), getattr(cfg, STAGE_CONFIGS[stage]), out_dir=out)
+
+def _seed_column(path):
+    head = Path(path).read_text(encoding="utf-8", errors="replace")[:2000]
+    return next((c for c in ("goal", "request") if f'"{c}"' in head or c in head.splitlines()[0]), "instruction")
+
+# %% ../nbs/09_pipeline.ipynb #cf16df4a
 def _gate(cfg:PipelineConfig, state:dict, todo:list):
     "Stop before training when the check found nothing to distil, unless the config says go on."
     c = state.get("check", {}).get("summary", {})
@@ -174,51 +179,9 @@ def _gate(cfg:PipelineConfig, state:dict, todo:list):
                                    "make the policy shorter and more direct, or use a bigger instruct model; to go on anyway, rerun with --ignore-check")
         log.warning("the oracle check found nothing to distil; going on to demonstrate the mechanism (check.stop_if_nothing is off)")
 
-def run_synthesis(cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> dict:
-    "Stage 1: synthesize (and import seeds), hold out part for evaluation; writes synthesis.jsonl and heldout.jsonl."
-    gen = OpenAIGenerator(cfg.generator_url, cfg.generator_model, timeout=cfg.generator_timeout) if cfg.generator_url else LocalGenerator(model, tok, name=cfg.model.name)
-    with teacher_weights(model, "frozen"): rows = synthesize(policy, gen, cfg.synth, out_dir=out).to_list()
-    if cfg.seeds: rows += import_seeds(cfg.seeds, policy, column=_seed_column(cfg.seeds)).to_list()
-    train,held = _split_heldout(rows, cfg.heldout_fraction, cfg.seed)
-    write_jsonl(out/"synthesis.jsonl", train); write_jsonl(out/"heldout.jsonl", held)
-    src = Counter("policy_text" if r["generator"] == POLICY_TEXT else "seeds" if r["generator"].startswith("seed:") else "generator" for r in rows)
-    return dict(rows=len(train), heldout=sum(r["kind"] == "harmful" for r in held), harmful=sum(r["kind"] == "harmful" for r in train),
-                benign=sum(r["kind"] == "benign" for r in train), rules=len({r["rule_id"] for r in train}),
-                **{f"from_{k}": src[k] for k in ("generator", "policy_text", "seeds")})
-
-def _seed_column(path):
-    head = Path(path).read_text(encoding="utf-8", errors="replace")[:2000]
-    return "goal" if "goal" in head else "instruction"
-
-# %% ../nbs/09_pipeline.ipynb #cf16df4a
-def run_filtering(cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> dict:
-    "Stage 2: score every synthesized request and select the training set; writes scores.jsonl, filtered.jsonl, filtering.png."
-    scored,kept = filter_requests(model, tok, policy, read_jsonl(out/"synthesis.jsonl"), cfg.filter, out_dir=out)
-    save_figure(plot_filtering(scored, cfg.filter.score), out/"filtering.png")
-    harm = [r[cfg.filter.score] for r in scored if r["kind"] == "harmful"]
-    return dict(scored=len(scored), kept=len(kept), mean_score=sum(harm) / max(1, len(harm)),
-                kept_min_score=min((r[cfg.filter.score] for r in kept), default=None))
-
-def run_distillation(cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> dict:
-    "Stage 3: distil the policy into the adapter; writes checkpoints/, metrics.jsonl, adapter/, training.png."
-    reqs = [r["instruction"] for r in read_jsonl(out/"filtered.jsonl")]
-    res = distill(model, tok, policy, reqs, cfg.distill, out_dir=out)
-    save_figure(plot_training(res.history), out/"training.png")
-    h = res.history
-    return dict(steps=len(h), loss_first=h[0]["loss"], loss_last=h[-1]["loss"], seconds=sum(m["seconds"] for m in h))
-
-def run_evaluation(cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> dict:
-    "Stage 4: base vs oracle vs aligned on the suites and the held-out synthesized requests; writes eval.json and figures."
-    ecfg = dataclasses.replace(cfg.eval, synth_path=str(out/"heldout.jsonl") if (out/"heldout.jsonl").exists() and read_jsonl(out/"heldout.jsonl") else cfg.eval.synth_path)
-    res = evaluate(model, tok, policy, ecfg, out_dir=out)
-    m = res.get("mechanism")
-    return dict(metrics=len(res["metrics"]), kl_base=m and m["kl_base"]["mean"], kl_aligned=m and m["kl_aligned"]["mean"], kl_ratio=m and m["kl_ratio"]["ratio"])
-
-STAGE_FUNCS = dict(check=run_check, synthesis=run_synthesis, filtering=run_filtering, distillation=run_distillation, evaluation=run_evaluation)
-
 # %% ../nbs/09_pipeline.ipynb #0d527543
 def _load_state(out):
-    p = out/"stages.json"
+    p = run_file(out, "stages")
     return read_json(p) if p.exists() else {}
 
 def _check_changes(state, fps, restart_from):
@@ -233,7 +196,7 @@ def _restore_adapter(model, out):
     "Load the trained adapter into the model when distillation finished in an earlier process."
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-    set_peft_model_state_dict(model, load_file(str(out/"adapter"/"adapter_model.safetensors")))
+    set_peft_model_state_dict(model, load_file(str(run_file(out, "adapter")/"adapter_model.safetensors")))
 
 # %% ../nbs/09_pipeline.ipynb #0a01bf7f
 def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, model_and_tok=None) -> dict:
@@ -244,7 +207,7 @@ def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, 
     with RunLock(out):
         state = _check_changes(_load_state(out), fps, restart_from)
         runtime = _set_runtime(cfg)
-        write_json(out/"config.json", dict(config=config_to_dict(cfg), fingerprints=fps, policy_text=policy.render(), versions=_versions(),
+        write_json(run_file(out, "config"), dict(config=config_to_dict(cfg), fingerprints=fps, policy_text=policy.render(), versions=_versions(),
                                            runtime=runtime, started=datetime.datetime.now().isoformat(timespec="seconds")))
         todo = [s for s in STAGES if s in stages and s not in state]
         if restart_from == "distillation" or "distillation" not in state: _clear_checkpoints_if_stale(out, fps)
@@ -253,17 +216,21 @@ def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, 
         model,tok = (model_and_tok or load_model(cfg.model)) if todo else (None, None)
         if todo: _check_fits(cfg, policy, model, tok)
         if todo and "distillation" in state: _restore_adapter(model, out)
-        for s in todo:
-            if s == next((x for x in todo if x != "check"), None): _gate(cfg, state, todo)   # once, before the first training-side stage
-            t0 = time.perf_counter()
-            summary = STAGE_FUNCS[s](cfg, policy, model, tok, out)
-            summary["seconds"] = round(time.perf_counter() - t0, 1)
-            state[s] = dict(fingerprint=fps[s], summary=summary)
-            write_json(out/"stages.json", state)
-            log.info(f"{s}: " + ", ".join(f"{k}={_short(v)}" for k,v in summary.items()))
+        for s in todo: _run_recorded(s, cfg, policy, model, tok, out, state, todo, fps[s])
         write_report(out, state)
         return state
 
+def _run_recorded(stage, cfg, policy, model, tok, out, state, todo, fingerprint):
+    "Run one stage and record its fingerprint and summary in stages.json (the check's gate comes before the first training-side stage)."
+    if stage == next((x for x in todo if x != "check"), None): _gate(cfg, state, todo)
+    t0 = time.perf_counter()
+    summary = run_stage(stage, cfg, policy, model, tok, out).summary
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    state[stage] = dict(fingerprint=fingerprint, summary=summary)
+    write_json(run_file(out, "stages"), state)
+    log.info(f"{stage}: " + ", ".join(f"{k}={_short(v)}" for k,v in summary.items()))
+
+# %% ../nbs/09_pipeline.ipynb #72197284
 def _check_fits(cfg, policy, model, tok):
     "Fail before any work when the policy prompt leaves no room for the answers."
     from policyalign.policy import Prompter
@@ -285,12 +252,13 @@ def _versions():
     return dict(policyalign=__version__, torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
                 python=platform.python_version())
 
+# %% ../nbs/09_pipeline.ipynb #1aaa1d66
 def _clear_checkpoints_if_stale(out, fps):
     "Distillation checkpoints made under other settings must not be resumed."
-    marker = out/"checkpoints"/"fingerprint"
-    if (out/"checkpoints").exists() and (not marker.exists() or marker.read_text() != fps["distillation"]):
-        import shutil; shutil.rmtree(out/"checkpoints")
-    (out/"checkpoints").mkdir(parents=True, exist_ok=True)
+    ckpt,marker = run_file(out, "checkpoints"),run_file(out, "checkpoints_fingerprint")
+    if ckpt.exists() and (not marker.exists() or marker.read_text() != fps["distillation"]):
+        import shutil; shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
     with atomic_write(marker) as f: f.write(fps["distillation"])
 
 # %% ../nbs/09_pipeline.ipynb #d70dc1ff
@@ -308,10 +276,11 @@ def shows(check:dict|None, ev:dict|None) -> str:
                    "it needs a model that follows its system prompt (1.5B and up, see the GPU tutorial).")
     return " ".join(out)
 
+# %% ../nbs/09_pipeline.ipynb #7ac12af4
 def write_report(out:Path, state:dict) -> Path:
     "Write report.md for the run folder from stages.json, check.json and eval.json."
-    check = read_json(out/"check.json") if (out/"check.json").exists() else None
-    ev = read_json(out/"eval.json") if (out/"eval.json").exists() else None
+    read = lambda name: read_json(run_file(out, name)) if run_file(out, name).exists() else None
+    check,ev = read("check"),read("eval")
     lines = ["# policyalign run report", ""]
     if text := shows(check, ev): lines += ["## What this run shows", "", text, ""]
     if check: lines += ["## The oracle check", "", check_markdown(check)]
@@ -321,8 +290,8 @@ def write_report(out:Path, state:dict) -> Path:
             sm = state[s]["summary"]
             lines.append(f"- **{s}**: " + ", ".join(f"{k} = {_short(v)}" for k,v in sm.items() if not isinstance(v, dict)))
         else: lines.append(f"- **{s}**: not run yet")
-    figs = [f for f in ("mechanism.png", "filtering.png", "training.png", "eval.png") if (out/f).exists()]
-    lines += [""] + [f"![{f[:-4]}]({f})" for f in figs] + [""]
+    figs = [run_file(out, f) for f in ("mechanism_png", "filtering_png", "training_png", "eval_png")]
+    lines += [""] + [f"![{f.stem}]({f.name})" for f in figs if f.exists()] + [""]
     if ev: lines.append(report_markdown(ev, level=2))
-    with atomic_write(out/"report.md") as f: f.write("\n".join(lines) + "\n")
-    return out/"report.md"
+    with atomic_write(path := run_file(out, "report")) as f: f.write("\n".join(lines) + "\n")
+    return path

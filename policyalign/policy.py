@@ -38,6 +38,7 @@ def _title_text(s:str):
     words = re.sub(r"[*:#]", "", s).split()
     return " ".join(words[:6]) + ("..." if len(words) > 6 else ""), s
 
+# %% ../nbs/00_policy.ipynb #793817c1
 def _blocks(text:str):
     "Split text into ('item'|'head'|'para', text) blocks; continuation lines join the block above."
     blocks = []
@@ -50,7 +51,7 @@ def _blocks(text:str):
         else: blocks.append(("para", line.strip()))
     return [(k, _squash(t)) for k,t in blocks if k != "blank" and _squash(t)]
 
-# %% ../nbs/00_policy.ipynb #793817c1
+# %% ../nbs/00_policy.ipynb #e1480e4d
 def _rule_positions(blocks):
     "Indices of the blocks that are rules, following the document's dominant shape."
     items = [i for i,(k,_) in enumerate(blocks) if k == "item"]
@@ -59,6 +60,7 @@ def _rule_positions(blocks):
     if heads: return heads
     return [i for i,(k,t) in enumerate(blocks) if k == "para" and (m := _LABEL.match(t)) and len(m[1].split()) <= 8]
 
+# %% ../nbs/00_policy.ipynb #8ef6d41e
 def _split(blocks, pos):
     "Group blocks into (title, preamble paragraphs, rule texts, closing paragraphs)."
     title = next((t for k,t in blocks if k == "title"), "")
@@ -74,7 +76,7 @@ def _split(blocks, pos):
         else: rules[-1][1] = rules[-1][1] + " " + t
     return title, pre, rules, post
 
-# %% ../nbs/00_policy.ipynb #e1480e4d
+# %% ../nbs/00_policy.ipynb #79442c72
 @dataclass(frozen=True)
 class Policy:
     "A plain-language policy: preamble, numbered rules and a closing instruction."
@@ -97,6 +99,7 @@ class Policy:
         raise KeyError(f"{rule_id!r} is not a rule of {self.name!r}; rules: {[r.id for r in self.rules]}")
     def __repr__(self): return f"Policy({self.name!r}, {len(self)} rules: {', '.join(r.title for r in self.rules)})"
 
+# %% ../nbs/00_policy.ipynb #f48e15a4
 _SHAPES = ("write one rule per line as '1. Title: text', '- Title: text', a '## Title' heading followed by its text, "
            "or a paragraph starting with 'Title:'")
 

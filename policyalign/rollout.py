@@ -40,7 +40,7 @@ def prepare_prompts(prompter:Prompter, requests:list[str], max_new_tokens:int, m
     return out
 
 # %% ../nbs/05a_rollout.ipynb #1ce9029f
-def rollout(model, prompts:list[list[int]], tok, max_new_tokens:int=256, temperature:float=1.0, seed:int|None=None,
+def rollout(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temperature:float=1.0, seed:int|None=None,
             batch_size:int=8, samples:int=1, progress:bool=False, min_new_tokens:int=0) -> Generation:
     "The student (adapter on, no policy) samples `samples` answers per prompt."
     return generate(model, tok, [p for p in prompts for _ in range(samples)], max_new_tokens=max_new_tokens,
@@ -70,11 +70,11 @@ def pair_batch(student_prompts, teacher_prompts, answers, pad_id:int) -> PairBat
 TEACHERS = ("frozen", "ema", "live")
 
 @contextlib.contextmanager
-def teacher_weights(model, mode:str="frozen"):
-    "Within this context `model` computes with the teacher's weights."
-    if mode not in TEACHERS: raise PolicyAlignError(f"unknown teacher {mode!r}", f"use one of {TEACHERS}")
-    if mode == "live" or not hasattr(model, "disable_adapter"): yield; return
-    if mode == "frozen":
+def teacher_weights(model, teacher:str="frozen"):
+    "Within this context `model` computes with the weights of `teacher`: frozen (adapter off), ema or live."
+    if teacher not in TEACHERS: raise PolicyAlignError(f"unknown teacher {teacher!r}", f"use one of {TEACHERS}")
+    if teacher == "live" or not hasattr(model, "disable_adapter"): yield; return
+    if teacher == "frozen":
         with model.disable_adapter(): yield
         return
     active = model.active_adapter
@@ -129,11 +129,11 @@ class PolicyPrefix:
         return self.kv
 
 # %% ../nbs/05a_rollout.ipynb #1c44a3d2
-def teacher_hidden(model, batch:PairBatch, L:int, mode:str="frozen", prefix:PolicyPrefix|None=None, version=0):
+def teacher_hidden(model, batch:PairBatch, L:int, teacher:str="frozen", prefix:PolicyPrefix|None=None, version=0):
     "Teacher hidden states `(bs, L, d)` predicting the last `L` columns, without gradient (using the prefix cache when it applies)."
     from transformers import DynamicCache
     dec = lm_parts(model)[0]
-    with torch.no_grad(), teacher_weights(model, mode), eval_mode(model):
+    with torch.no_grad(), teacher_weights(model, teacher), eval_mode(model):
         if prefix is not None and not prefix.matches(batch.teacher_prompts) and not prefix.warned:
             prefix.warned = True
             warnings.warn("some teacher prompts do not start with the cached policy prefix: those batches run without the cache (correct, slower)")
@@ -152,7 +152,7 @@ def teacher_hidden(model, batch:PairBatch, L:int, mode:str="frozen", prefix:Poli
 def _answers(b): return [r[m].tolist() for r,m in zip(b.answer_ids, b.answer_mask)]
 
 # %% ../nbs/05a_rollout.ipynb #ffc7548c
-def score_tokens(model, batch:PairBatch, teacher:str="frozen", kind:str="topk_reverse_kl", k:int=256, beta:float=0.5,
+def score_tokens(model, batch:PairBatch, teacher:str="frozen", divergence:str="topk_reverse_kl", top_k:int=256, beta:float=0.5,
                  chunk:int=1024, prefix:PolicyPrefix|None=None, version=0, temperature:float=1.0):
     "Per-token divergence `(n,)` and stats `(n, 3)` over the batch's answer tokens (row-major), plus the mask `(bs, L)`; logits are divided by the sampling `temperature`."
     dec,head,scale = lm_parts(model)
@@ -164,7 +164,7 @@ def score_tokens(model, batch:PairBatch, teacher:str="frozen", kind:str="topk_re
         t_h = teacher_hidden(model, batch, L, teacher, prefix, version)[mask]
         s_h = dec(input_ids=batch.student_ids, attention_mask=batch.student_mask,
                   position_ids=_positions(batch.student_mask)).last_hidden_state[:, -L-1:-1][mask]
-        loss,stats = chunked_head_divergence(s_h, t_h.to(s_h.dtype), batch.answer_ids[mask], head.weight, head.bias, kind, k, beta,
+        loss,stats = chunked_head_divergence(s_h, t_h.to(s_h.dtype), batch.answer_ids[mask], head.weight, head.bias, divergence, top_k, beta,
                                              chunk, scale / temperature)
     return loss,stats,mask
 

@@ -53,6 +53,7 @@ HUB_MIRRORS = {  # data-folder name -> (hub id, config, split): where a benchmar
     "harmbench": ("walledai/HarmBench", "standard", "train"), "xstest": ("walledai/XSTest", None, "test"),
     "mmlu": ("cais/mmlu", "all", "test"), "gsm8k": ("openai/gsm8k", "main", "test")}
 
+# %% ../nbs/07a_suites.ipynb #b7fb6643
 def read_rows(source, split:str="train", config:str|None=None) -> list[dict]:
     "Records of a local CSV/JSON/JSONL/Parquet file, or of a Hugging Face hub dataset (`org/name`; a mirror in `HUB_MIRRORS` uses its own config and split)."
     p = Path(str(source)).expanduser()
@@ -106,6 +107,7 @@ def subsample(items:list, limit:int|None, seed:int=0) -> list:
     idx = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in idx]
 
+# %% ../nbs/07a_suites.ipynb #ceddb258
 def make_suite(name, kind, rows, source, request_cols, limit=None, seed=0, id_cols=(), group_cols=(), group_norm=str) -> Suite:
     "Build a `Suite` from raw rows: pick the request (and optional id/group) column, drop empty requests, subsample."
     rc = _pick(rows, request_cols, source)
@@ -136,6 +138,7 @@ def load_advbench(limit=None, seed=0, source=None) -> Suite:
     src = _src(source, "advbench", "harmful_behaviors.csv")
     return make_suite("advbench", "harmful", read_rows(src), src, ("goal", "prompt"), limit, seed)
 
+# %% ../nbs/07a_suites.ipynb #2e44631b
 def load_harmbench(limit=None, seed=0, source=None) -> Suite:
     "HarmBench's standard text behaviours (200 in `*_text_all.csv`)."
     src = _src(source, "harmbench", "harmbench_behaviors_text_all.csv")
@@ -160,14 +163,14 @@ def load_xstest(label:str="safe", limit=None, seed=0, source=None) -> Suite:
 HELD_OUT_SPLITS = ("test", "eval", "heldout", "held_out", "held-out", "validation")
 
 def load_synth(source, kind:str="harmful", limit=None, seed=0) -> Suite:
-    "Held-out synthesized requests: `kind='harmful'` (every non-benign row) or `kind='benign'` (contrast requests)."
-    rows = read_rows(source)
-    for c in ("instruction", "kind", "rule_id"): _pick(rows, (c,), source)
+    "Held-out synthesized requests (a list of rows or a file): `kind='harmful'` (every non-benign row) or `kind='benign'` (contrast requests)."
+    rows,source = (list(source),"held-out rows") if isinstance(source, (list, tuple)) else (read_rows(source),source)
+    for c in ("request", "kind", "rule_id"): _pick(rows, (c,), source)
     if "split" in rows[0]: rows = [r for r in rows if str(r.get("split", "")).lower() in HELD_OUT_SPLITS]
     rows = [r for r in rows if (r["kind"] == "benign") == (kind == "benign")]
     if not rows: raise PolicyAlignError(f"suite 'synth-{kind}' is empty: {source} has no held-out rows of kind {kind!r}",
                                         "check the synthesis output (its split and kind columns)")
-    return make_suite(f"synth-{kind}", "benign" if kind == "benign" else "harmful", rows, source, ("instruction",),
+    return make_suite(f"synth-{kind}", "benign" if kind == "benign" else "harmful", rows, source, ("request",),
                       limit, seed, id_cols=("id",), group_cols=("rule_id",))
 
 # %% ../nbs/07a_suites.ipynb #86913926
@@ -187,6 +190,7 @@ def load_mmlu(limit=None, seed=0, source=None, subjects:list[str]|None=None) -> 
                               answer=int(r["answer"]), group=subj or r.get("subject")))
     return Suite("mmlu", "capability", subsample(items, limit, seed), str(src))
 
+# %% ../nbs/07a_suites.ipynb #7a9191ac
 def load_gsm8k(limit=None, seed=0, source=None) -> Suite:
     "GSM8K test questions with their final numeric answers (local JSONL, or hub id `openai/gsm8k`)."
     src = _src(source, "gsm8k", "test.jsonl")

@@ -60,7 +60,7 @@ def _closed_port_url():
 
 @pytest.mark.parametrize("fault", ["down", "500", "garbage", "slow"])
 def test_generator_endpoint_failures(fault, tmp_path, tiny_model_dir, endpoint_factory):
-    base = ["run", "--out", tmp_path/"run", "--model", tiny_model_dir, *TINY_SETS, "--set", "generator_timeout=1"]
+    base = ["run", "--out", tmp_path/"run", "--model", tiny_model_dir, *TINY_SETS, "--set", "synth.generator_timeout=1"]
     env = {"OPENAI_API_KEY": "sk-test-SECRET-123"}
     if fault == "down": r = run_cli(*base, "--generator-url", _closed_port_url(), "--generator-model", "m", env=env)
     else:

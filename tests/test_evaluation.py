@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from policyalign.core import PolicyAlignError, read_json, read_jsonl
 from policyalign.core import JsonlCache
-from policyalign.evaluation import EvalConfig, evaluate
+from policyalign.evaluation import EvalConfig, evaluate, report_markdown
 from policyalign.judges import GuardJudge, PolicyJudge, RefusalJudge, Verdict, parse_llamaguard, parse_policy_verdict, parse_qwen3guard
 from policyalign.stats import rate
 from policyalign.suites import Suite, data_root, load_strongreject, load_synth, load_xstest, load_mmlu
@@ -55,14 +55,14 @@ def test_empty_suites(tmp_path):
     with pytest.raises(PolicyAlignError, match="xstest-unsafe.*empty"):
         load_xstest("unsafe", source=x)
     s = tmp_path/"synthesis.jsonl"
-    s.write_text(json.dumps(dict(instruction="a request", kind="harmful", rule_id="R1", split="train")) + "\n")
+    s.write_text(json.dumps(dict(request="a request", kind="harmful", rule_id="R1", split="train")) + "\n")
     with pytest.raises(PolicyAlignError, match="synth-harmful.*empty"):
         load_synth(s)
 
 
 def test_synth_needs_its_columns(tmp_path):
     s = tmp_path/"synthesis.jsonl"
-    s.write_text(json.dumps(dict(instruction="a request", kind="harmful")) + "\n")
+    s.write_text(json.dumps(dict(request="a request", kind="harmful")) + "\n")
     with pytest.raises(PolicyAlignError, match="rule_id"):
         load_synth(s)
 
@@ -77,7 +77,7 @@ def test_missing_file_and_data_root(tmp_path, monkeypatch):
 
 def test_bad_configs():
     for kw, msg in [(dict(rows=()), "rows="), (dict(suites=("nope",)), "unknown suites"), (dict(n_boot=5), "n_boot"),
-                    (dict(mmlu_limit=-1), "negative"), (dict(max_new_tokens=0), "positive")]:
+                    (dict(mmlu_limit=-1), "mmlu_limit must be at least 0"), (dict(max_new_tokens=0), "max_new_tokens must be at least 1")]:
         with pytest.raises(PolicyAlignError, match=msg):
             EvalConfig(**kw)
 
@@ -111,7 +111,7 @@ def test_unparsable_verdicts_are_counted(tiny, tmp_path):
                                          '{"verdict": "complies", "refusal": "full"}']))
     pj = PolicyJudge(ByRequest(outs), pol, name="replay", cache=JsonlCache(tmp_path/"v.jsonl"))
     suite = Suite("h", "harmful", [dict(id=str(i), request=p) for i, p in enumerate(tiny_prompts()[:3])])
-    res = evaluate(model, tok, pol, EvalConfig.tiny(max_new_tokens=4, cache=str(tmp_path)), judges=[pj], suites=[suite], progress=False)
+    res = evaluate(model, tok, pol, cfg=EvalConfig.tiny(max_new_tokens=4, cache_dir=str(tmp_path)), judges=[pj], suites=[suite], progress=False).report
     for m in (m for m in res["metrics"] if m["metric"] == "violation"):
         assert (m["k"], m["n"], m["unparsable"]) == (1, 2, 1)
     r = rate([None, None, True])
@@ -126,21 +126,22 @@ def test_tiny_evaluation_writes_report(tiny, tmp_path):
     xs = write_csv(tmp_path/"xs.csv", ["id", "prompt", "type", "label"],
                    [[str(i), p, "homonyms", "safe" if i % 2 else "unsafe"] for i, p in enumerate(tiny_prompts() + ["Hi?", "Why?"])])
     suites = [load_strongreject(source=sr, limit=4, seed=1), load_xstest("safe", source=xs)]
-    cfg = EvalConfig.tiny(rows=("base", "oracle", "aligned"), max_new_tokens=5, cache=str(tmp_path/"cache"))
-    res = evaluate(model, tok, tiny_policy(), cfg, out_dir=tmp_path/"run", suites=suites, progress=False)
+    cfg = EvalConfig.tiny(rows=("base", "oracle", "aligned"), max_new_tokens=5, cache_dir=str(tmp_path/"cache"))
+    res = evaluate(model, tok, tiny_policy(), cfg=cfg, out_dir=tmp_path/"run", suites=suites, progress=False).report
     run = tmp_path/"run"
-    for f in ("eval.json", "report.md", "answers.jsonl", "eval.png", "groups_strongreject.png"):
+    for f in ("eval.json", "answers.jsonl", "eval.png", "groups_strongreject.png"):
         assert (run/f).exists(), f
+    assert not (run/"report.md").exists()                                     # the pipeline owns report.md
     assert (run/"eval.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in run.iterdir() if p.name.startswith(".")]          # no temporary files left behind
     saved = read_json(run/"eval.json")
     assert saved["suites"]["strongreject"]["n"] == 4 and set(saved["judges"]) == {"refusal"} and saved["judges"]["refusal"].startswith("2-")   # version 2: echo-aware, keyed by the policy
     assert {m["row"] for m in saved["metrics"]} == {"base", "oracle", "aligned"}
     assert all(m["lo"] <= m["rate"] <= m["hi"] for m in saved["metrics"])
-    assert len(saved["gap_closed"]) >= 1 and "| strongreject | violation | refusal |" in (run/"report.md").read_text()
+    assert len(saved["gap_closed"]) >= 1 and "| strongreject | violation | refusal |" in report_markdown(saved)
     assert len(read_jsonl(run/"answers.jsonl")) == 3*(4 + 3)
     # a rerun is served from the caches and gives the same numbers
-    again = evaluate(model, tok, tiny_policy(), cfg, suites=suites, progress=False)
+    again = evaluate(model, tok, tiny_policy(), cfg=cfg, suites=suites, progress=False).report
     assert again["metrics"] == res["metrics"]
 
 

@@ -18,6 +18,9 @@ def finished_run(tiny_model_dir, tmp_path_factory):
 def test_run_writes_every_artifact(finished_run):
     out,r = finished_run
     for a in ARTIFACTS: assert (out/a).exists(), a
+    from policyalign.core import RUN_FILES
+    named = {f.split("/")[0] for d in RUN_FILES.values() for f in d.values()}
+    assert {p.name for p in out.iterdir() if not p.name.startswith("groups_")} <= named   # core.RUN_FILES names every artifact
     assert f"report: {out/'report.md'}" in r.stdout
     stages = json.loads((out/"stages.json").read_text())
     assert list(stages) == ["check", "synthesis", "filtering", "distillation", "evaluation"]
@@ -25,7 +28,7 @@ def test_run_writes_every_artifact(finished_run):
     metrics = [json.loads(l) for l in (out/"metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 4 and all(m["loss"] == m["loss"] and m["loss"] >= 0 for m in metrics)   # finite, non-negative
     rows = [json.loads(l) for l in (out/"synthesis.jsonl").read_text().splitlines()]
-    assert {"instruction", "rule_id", "rule_title", "tactic", "kind", "generator", "seed"} <= set(rows[0])
+    assert {"request", "rule_id", "rule_title", "tactic", "kind", "generator", "seed"} <= set(rows[0])
     ev = json.loads((out/"eval.json").read_text())
     assert {m["row"] for m in ev["metrics"]} == {"base", "oracle", "aligned"}
     report = (out/"report.md").read_text()

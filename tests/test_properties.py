@@ -28,7 +28,7 @@ def test_parser_never_crashes_and_round_trips(text):
 # --- deduplication ---------------------------------------------------------------------------------------------
 words = st.sampled_from(["how", "to", "make", "a", "bomb", "poison", "track", "my", "ex", "phone", "quickly", "at", "home"])
 sentences = st.lists(words, min_size=3, max_size=9).map(" ".join)
-rows = st.lists(sentences, max_size=14).map(lambda xs: [dict(instruction=x, rule_id="R1", kind="harmful") for x in xs])
+rows = st.lists(sentences, max_size=14).map(lambda xs: [dict(request=x, rule_id="R1", kind="harmful") for x in xs])
 
 @SETTINGS
 @given(rows, st.randoms(use_true_random=False))
@@ -38,7 +38,7 @@ def test_dedup_idempotent_and_order_independent(rs, rnd):
     assert again == kept
     shuffled = list(rs); rnd.shuffle(shuffled)
     kept2,_ = dedup_rows(shuffled, threshold=0.7)
-    key = lambda r: r["instruction"]
+    key = lambda r: r["request"]
     assert sorted(map(key, kept2)) == sorted(map(key, kept))
 
 # --- losses -----------------------------------------------------------------------------------------------------
@@ -48,9 +48,9 @@ logits = st.integers(1, 4).flatmap(lambda n: st.lists(st.lists(st.floats(-1e4, 1
 @given(logits, st.sampled_from(DIVERGENCES), st.integers(1, 6))
 def test_losses_zero_on_identical_and_finite_on_extremes(x, kind, k):
     t = torch.tensor(x)
-    same = token_divergence(t, t.clone(), kind, k=k)
+    same = token_divergence(t, t.clone(), kind, top_k=k)
     assert torch.allclose(same, torch.zeros_like(same), atol=1e-4)
-    other = token_divergence(t, t.flip(-1) * 0.5, kind, k=k)
+    other = token_divergence(t, t.flip(-1) * 0.5, kind, top_k=k)
     assert torch.isfinite(other).all()
 
 @SETTINGS

@@ -28,7 +28,7 @@ def test_readme_mirrors_index():
 def test_readme_python_blocks_run():
     readme = (ROOT/"README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    runnable = [b for b in blocks if "load_model(\"Qwen" not in b]   # the GPU example is shown, not run
+    runnable = [b for b in blocks if "load_model(\"Qwen" not in b]   # the GPU example runs below, on a tiny model
     assert runnable
     for b in runnable: exec(compile(b, "README.md", "exec"), {})
 
@@ -40,3 +40,34 @@ def test_ci_runs_the_readme_test_command():
 
 if __name__ == "__main__":
     (ROOT/"README.md").write_text(render_readme()); print("wrote README.md")
+
+def test_readme_gpu_example_chains_the_stages_on_a_tiny_model(tmp_path, monkeypatch):
+    "The README's GPU example, as written, on the tiny model with CPU-sized configs: the stages chain with no glue."
+    from functools import partial
+    from policyalign.models import add_lora
+    from policyalign.testing import policy_sensitive_model, tiny_policy, tiny_tokenizer
+    from policyalign import check, synthesis, filtering, distill, evaluation
+    readme = (ROOT/"README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_model(\"Qwen" in b)
+    code = "\n".join(l for l in block.splitlines() if not l.startswith(("from ", "import ")))
+    tok = tiny_tokenizer()
+    tiny = dict(progress=False)
+    ns = dict(policy=tiny_policy(), load_model=lambda name: (add_lora(policy_sensitive_model(tok=tok)), tok),
+              check_markdown=check.check_markdown, report_markdown=evaluation.report_markdown,
+              oracle_check=partial(check.oracle_check, cfg=check.CheckConfig.tiny(max_new_tokens=4), **tiny),
+              synthesize=partial(synthesis.synthesize, cfg=synthesis.SynthConfig.tiny(source="policy", heldout_fraction=0.3), **tiny),
+              filter_requests=partial(filtering.filter_requests, cfg=filtering.FilterConfig.tiny(max_new_tokens=4), **tiny),
+              distill=partial(distill.distill, cfg=distill.DistillConfig.tiny(steps=2, batch_size=4, max_new_tokens=4), **tiny),
+              evaluate=partial(evaluation.evaluate, cfg=evaluation.EvalConfig.tiny(rows=("base", "oracle", "aligned"), suites=(), max_new_tokens=4,
+                                                                                   mechanism_tokens=4, cache_dir=str(tmp_path/"cache")), **tiny))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), ns)
+    run = tmp_path/"run"
+    assert ns["kept"].rows and all(r["kind"] == "harmful" for r in ns["kept"].rows)
+    assert ns["trained"].summary["steps"] == 2 and (run/"adapter"/"adapter_model.safetensors").exists()
+    assert {"synth-harmful", "synth-benign"} <= set(ns["result"].report["suites"]) and ns["result"].report["mechanism"]["n"] > 0
+    from policyalign.core import RUN_FILES
+    named = {f.split("/")[0] for d in RUN_FILES.values() for f in d.values()}
+    assert {p.name for p in run.iterdir()} - named == {"groups_synth-harmful.png", "groups_synth-benign.png"}   # groups_{suite}.png
+    assert named - {p.name for p in run.iterdir()} == {"check.json", "synthesis.partial.jsonl", "tensorboard", "config.json", "stages.json",
+                                                       "report.md", ".lock", "groups_{suite}.png"}   # the check and the pipeline's own

@@ -8,7 +8,9 @@ from hypothesis import given, settings, strategies as st
 from policyalign.core import PolicyAlignError, read_jsonl
 from policyalign.policy import Policy, load_policy
 from policyalign.generators import LocalGenerator, OpenAIGenerator
-from policyalign.synthesis import (SynthConfig, TACTICS, dedup_rows, import_seeds, near_duplicate_pairs, normalize, parse_items, synthesize)
+from policyalign.synthesis import SynthConfig, dedup_rows, near_duplicate_pairs, normalize, parse_items, synthesize
+from policyalign.compose import TACTICS
+from policyalign.seeds import import_seeds
 from policyalign.testing import ChatServer, tiny_model, tiny_policy, tiny_tokenizer
 
 KEY_ENV, KEY = "PA_TEST_SYNTH_KEY", "sk-secret-test-value-123"
@@ -60,13 +62,13 @@ def test_parse_chatty_only():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(sentence, max_size=25), st.randoms(use_true_random=False), st.sampled_from([0.5, 0.7, 0.9]))
 def test_dedup_order_independent_and_idempotent(texts, rnd, thr):
-    rows = [dict(instruction=t, rule_id=f"R{i % 3}") for i, t in enumerate(texts)]
+    rows = [dict(request=t, rule_id=f"R{i % 3}") for i, t in enumerate(texts)]
     kept, stats = dedup_rows(rows, threshold=thr)
     shuffled = rows[:]; rnd.shuffle(shuffled)
     assert dedup_rows(shuffled, threshold=thr)[0] == kept
     assert dedup_rows(kept, threshold=thr)[0] == kept
-    assert near_duplicate_pairs([r["instruction"] for r in kept], thr) == []
-    assert len({normalize(r["instruction"]) for r in kept}) == len(kept)
+    assert near_duplicate_pairs([r["request"] for r in kept], thr) == []
+    assert len({normalize(r["request"]) for r in kept}) == len(kept)
     assert stats["input"] == stats["exact_duplicates"] + stats["near_duplicates"] + stats["kept"]
 
 # ---------------------------------------------------------------- endpoint client
@@ -114,11 +116,12 @@ def test_key_not_in_repr():
 def test_synthesize_over_http(tiny_gen, tmp_path):
     with ChatServer(tiny_gen) as srv, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = synthesize(tiny_policy(), _client(srv.url, concurrency=1), SynthConfig.tiny(max_new_tokens=16, max_attempts=1), tmp_path)
+        res = synthesize(None, None, tiny_policy(), cfg=SynthConfig.tiny(max_new_tokens=16, max_attempts=1), out_dir=tmp_path,
+                         generator=_client(srv.url, concurrency=1), progress=False)
     rows = read_jsonl(tmp_path / "synthesis.jsonl")
-    assert len(rows) == len(ds) > 0
+    assert rows == res.rows and len(rows) > 0 and read_jsonl(tmp_path / "heldout.jsonl") == res.heldout
     assert {r["rule_id"] for r in rows} == {"R1", "R2", "R3"} and {r["kind"] for r in rows} == {"harmful", "benign"}
-    assert set(rows[0]) >= {"instruction", "rule_id", "rule_title", "tactic", "kind", "generator", "seed"}
+    assert set(rows[0]) >= {"request", "rule_id", "rule_title", "tactic", "kind", "generator", "seed"}
     assert json.loads((tmp_path / "synthesis.stats.json").read_text())["config"]["n_per_tactic"] == 2
 
 
@@ -126,7 +129,7 @@ def test_synthesize_deterministic(tiny_gen):
     cfg = SynthConfig.tiny(max_new_tokens=24, max_attempts=1, min_chars=3, tactics=("direct", "fiction"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a, b = (synthesize(tiny_policy(), tiny_gen, cfg).to_list() for _ in range(2))
+        a, b = (synthesize(None, None, tiny_policy(), cfg=cfg, generator=tiny_gen, progress=False).rows for _ in range(2))
     assert a == b
 
 
@@ -142,7 +145,8 @@ class _DiesAfter:
 
 def test_failure_midway_keeps_partial(tmp_path):
     with pytest.raises(PolicyAlignError) as e:
-        synthesize(tiny_policy(), _DiesAfter(2), SynthConfig.tiny(n_per_tactic=1, n_benign=1, max_attempts=1), tmp_path)
+        synthesize(None, None, tiny_policy(), cfg=SynthConfig.tiny(n_per_tactic=1, n_benign=1, max_attempts=1), out_dir=tmp_path,
+                   generator=_DiesAfter(2), progress=False)
     part = read_jsonl(tmp_path / "synthesis.partial.jsonl")
     assert {r["rule_id"] for r in part} == {"R1", "R2"} and len(part) == 16 == len(e.value.partial)
     assert "R3" in str(e.value) and "16 rows" in str(e.value)
@@ -152,7 +156,7 @@ def test_failure_midway_keeps_partial(tmp_path):
 def test_endpoint_down_during_synthesis_keeps_partial(tiny_gen, tmp_path):
     port = _closed_port()
     with pytest.raises(PolicyAlignError) as e:
-        synthesize(tiny_policy(), _client(f"http://127.0.0.1:{port}/v1"), SynthConfig.tiny(), tmp_path)
+        synthesize(None, None, tiny_policy(), cfg=SynthConfig.tiny(generator_url=f"http://127.0.0.1:{port}/v1"), out_dir=tmp_path, progress=False)
     assert f"127.0.0.1:{port}" in str(e.value) and e.value.partial == []
 
 
@@ -163,14 +167,14 @@ class _Useless:
 
 def test_nothing_usable():
     with pytest.warns(UserWarning, match="24 rule/tactic pairs"):
-        ds = synthesize(tiny_policy(), _Useless(), SynthConfig.tiny())
-    assert set(ds["generator"]) == {"policy-text"} and set(ds["rule_id"]) == {"R1", "R2", "R3"}
+        ds = synthesize(None, None, tiny_policy(), cfg=SynthConfig.tiny(), generator=_Useless(), progress=False).rows
+    assert {r["generator"] for r in ds} == {"policy-text"} and {r["rule_id"] for r in ds} == {"R1", "R2", "R3"}
     with pytest.raises(PolicyAlignError, match="no usable requests"):
-        synthesize(tiny_policy(), _Useless(), SynthConfig.tiny(fallback=False))
+        synthesize(None, None, tiny_policy(), cfg=SynthConfig.tiny(fallback=False), generator=_Useless(), progress=False)
 
 
 @pytest.mark.parametrize("kw", [dict(n_per_tactic=0), dict(n_per_tactic=-1), dict(n_benign=-1), dict(tactics=()),
-                                dict(max_attempts=0), dict(near_dup_threshold=0), dict(min_chars=50, max_chars=10)])
+                                dict(max_attempts=0), dict(near_dup_threshold=0), dict(min_chars=50, max_chars=10), dict(heldout_fraction=1.0)])
 def test_bad_config(kw):
     with pytest.raises(PolicyAlignError): SynthConfig(**kw)
 
@@ -187,10 +191,10 @@ ADV = data_root()/"advbench"/"harmful_behaviors.csv"
 @pytest.mark.skipif(not ADV.exists(), reason="AdvBench copy not present")
 def test_import_advbench():
     ds = import_seeds(ADV, "general", column="goal", name="advbench")
-    stats = json.loads(ds.info.description)
-    assert stats["read"] == 520 and len(ds) == stats["dedup"]["kept"] < 520
-    assert set(ds["kind"]) == {"harmful"} and set(ds["generator"]) == {"seed:advbench"}
-    assert set(ds["rule_id"]) <= {r.id for r in load_policy("general").rules}
+    every = import_seeds(ADV, "general", column="goal", name="advbench", dedup=False)
+    assert len(every) == 520 and len(ds) == dedup_rows(every)[1]["kept"] < 520
+    assert {r["kind"] for r in ds} == {"harmful"} and {r["generator"] for r in ds} == {"seed:advbench"}
+    assert {r["rule_id"] for r in ds} <= {r.id for r in load_policy("general").rules}
     with pytest.raises(PolicyAlignError, match=r"\['goal', 'target'\]"): import_seeds(ADV, "general", column="prompt")
 
 
@@ -200,6 +204,6 @@ def test_import_json_jsonl(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"prompt": r} for r in reqs]))
     for f in ("a.jsonl", "a.json"):
         ds = import_seeds(tmp_path / f, "general", column="prompt")
-        assert sorted(zip(ds["instruction"], ds["rule_id"])) == sorted(zip(reqs, ["R4", "R8"]))
+        assert sorted((r["request"], r["rule_id"]) for r in ds) == sorted(zip(reqs, ["R4", "R8"]))
     with pytest.raises(PolicyAlignError, match=r"\['prompt'\]"): import_seeds(tmp_path / "a.json", "general", column="goal")
     with pytest.raises(PolicyAlignError, match="not found"): import_seeds(tmp_path / "nope.csv", "general")
