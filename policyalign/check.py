@@ -6,6 +6,7 @@
 from __future__ import annotations
 import contextlib, statistics
 from dataclasses import dataclass, asdict, field
+from pathlib import Path
 import torch
 from .core import PolicyAlignError, StageResult, check_fields, get_logger, request_texts, run_file, write_json
 from .models import eval_mode, generate, model_name
@@ -17,7 +18,7 @@ from .compose import BENIGN_TACTIC, TACTICS, compose_requests
 
 # %% auto #0
 __all__ = ['VERDICTS', 'ADVICE', 'CheckConfig', 'check_requests', 'score_answers', 'policy_kl', 'teacher_answers',
-           'prescribed_logprob', 'verdict', 'CheckResult', 'oracle_check', 'check_markdown']
+           'prescribed_logprob', 'refusals', 'verdict', 'CheckResult', 'oracle_check', 'check_markdown']
 
 # %% ../nbs/05b_check.ipynb #13f09fb9
 log = get_logger(__name__)
@@ -97,6 +98,14 @@ def prescribed_logprob(model, tok, policy:Policy, requests:list[str], adapter:bo
     sc = score_answers(model, tok, policy, requests, [ids] * len(requests), adapter)
     total = lambda xs: [x * len(ids) for x in xs]
     return dict(response=said[0], student=statistics.fmean(total(sc["student_logp"])), teacher=statistics.fmean(total(sc["teacher_logp"])))
+
+# %% ../nbs/05b_check.ipynb #1ee54cbb
+def refusals(model, tok, policy:Policy, requests:list[str], oracle:bool=False, max_new_tokens:int=40, batch_size:int=16) -> list[bool]:
+    "Whether each greedy answer refuses: the model as it is, without the policy; or (`oracle`) the base weights with the policy in the prompt."
+    s_p,t_p = prepare_prompts(Prompter(tok, policy), requests, max_new_tokens, context_length(model))
+    with teacher_weights(model, "frozen" if oracle else "live"):
+        texts = generate(model, tok, t_p if oracle else s_p, max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size).texts
+    return [answer_kind(t, policy.system_prompt) in ("full", "partial") for t in texts]
 
 # %% ../nbs/05b_check.ipynb #d7239b7b
 def _answers(model, tok, policy, requests, with_policy:bool, temperature:float, cfg:CheckConfig, seed:int|None=None, progress:bool=False) -> list[str]:

@@ -15,12 +15,13 @@ from .models import add_lora, compute_dtype
 from .policy import Policy, Prompter
 from .check import policy_kl, score_answers, teacher_answers
 from .rollout import PolicyPrefix, TEACHERS, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens
+from .guards import Watch, check_alarms, watch_start, watch_step
 
 # %% auto #0
 __all__ = ['DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update', 'distill_step',
-           'save_checkpoint', 'load_checkpoint', 'Reporter', 'DistillResult', 'distill', 'save_adapter', 'load_adapter',
-           'merge_adapter', 'plot_training', 'heldout_policy_kl', 'teacher_answer_logprob', 'topk_reverse_kl',
-           'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
+           'distinct_n', 'save_checkpoint', 'load_checkpoint', 'Reporter', 'DistillResult', 'distill', 'save_adapter',
+           'load_adapter', 'merge_adapter', 'plot_training', 'heldout_policy_kl', 'teacher_answer_logprob',
+           'topk_reverse_kl', 'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
            'chunked_head_divergence', 'masked_mean', 'DIVERGENCES', 'TEACHERS']
 
 # %% ../nbs/06_distill.ipynb #61d2e9c5
@@ -43,7 +44,7 @@ class DistillConfig:
     temperature: float = 1.0
     teacher: str = "frozen"         # 'frozen', 'ema' or 'live'
     ema_decay: float = 0.99
-    divergence: str = "topk_reverse_kl"
+    divergence: str = "topk_tail_reverse_kl"   # the reference (the paper's) loss is 'topk_reverse_kl'
     top_k: int = 256
     beta: float = 0.5               # for divergence='jsd'
     lr: float = 1e-4
@@ -56,11 +57,21 @@ class DistillConfig:
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     report_to: tuple = ()           # any of 'tensorboard', 'wandb'
+    watch_every: int = 10           # measure the held-out policy KL and benign refusal every this many steps (0: never)
+    watch_limit: int = 16           # held-out harmful, and benign, requests the watch uses (each)
+    watch_tokens: int = 40          # answer length of the watch's measurements
+    on_alarm: str = "warn"          # 'warn', or 'stop' (and keep the adapter of the last checkpoint before the alarm)
+    topk_mass_floor: float = 0.5    # alarm when the student's top-k mass falls below this
+    length_floor: float = 0.5       # alarm when answers shrink below this share of their length over the first steps
+    length_window: int = 3          # steps averaged at the start and at the end for the length alarm
+    kl_rise_evals: int = 3          # alarm when the held-out policy KL rises this many evaluations in a row
     seed: int = 0
 
     def __post_init__(self):
         check_fields(self, steps=1, batch_size=1, micro_batch_size=1, rollout_batch_size=1, samples=1, max_new_tokens=1, top_k=1,
-                     loss_chunk=1, checkpoint_every=1, keep_checkpoints=1, min_new_tokens=0, warmup_steps=0)
+                     loss_chunk=1, checkpoint_every=1, keep_checkpoints=1, min_new_tokens=0, warmup_steps=0, watch_every=0,
+                     watch_limit=1, watch_tokens=1, length_window=1, kl_rise_evals=1)
+        if self.on_alarm not in ("warn", "stop"): raise PolicyAlignError(f"on_alarm={self.on_alarm!r}", "use 'warn' or 'stop'")
         if self.teacher not in TEACHERS: raise PolicyAlignError(f"unknown teacher {self.teacher!r}", f"use one of {TEACHERS}")
         if self.divergence not in DIVERGENCES: raise PolicyAlignError(f"unknown divergence {self.divergence!r}", f"use one of {DIVERGENCES}")
         if self.lr_schedule not in ("constant", "cosine", "linear"): raise PolicyAlignError(f"unknown lr_schedule {self.lr_schedule!r}", "use constant, cosine or linear")
@@ -74,7 +85,7 @@ class DistillConfig:
     def tiny(cls, **kw):
         "The CPU-sized variant: a few minutes on two cores with the embedded 135M model."
         return cls(**{**dict(steps=24, batch_size=8, micro_batch_size=8, max_new_tokens=40, lr=1e-3, checkpoint_every=8,
-                             divergence="topk_tail_reverse_kl"), **kw})
+                             watch_every=8), **kw})
 
 # %% ../nbs/06_distill.ipynb #4761bf3a
 def trainable_params(model, adapter:str="default"):
@@ -149,11 +160,16 @@ def _backward(model, tok, s_p, t_p, ans, cfg, prefix, step, scaler):
         tot += loss.detach().sum().item(); stats.append(st)
     return _global_sum(tot), n_tok, torch.cat(stats).float()
 
+def distinct_n(answers:list[list[int]], n:int=2) -> float:
+    "Share of distinct token n-grams over a batch of answers (1: no n-gram repeats; low: the answers look alike)."
+    grams = [tuple(a[i:i+n]) for a in answers for i in range(len(a) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
 def _step_metrics(step, loss, st, g, lr, gn, dt) -> dict:
-    ans = g.answer_ids
-    return dict(step=step + 1, loss=loss, logp_gap=(st[:, 0] - st[:, 1]).mean().item(), topk_mass=st[:, 2].mean().item(),
-                answer_tokens=sum(map(len, ans)) / len(ans), eos_share=sum(g.finished) / len(ans), lr=lr, grad_norm=gn,
-                skipped=not math.isfinite(gn), tokens_per_s=sum(map(len, ans)) / dt, seconds=dt)
+    ans,mean = g.answer_ids,lambda i: st[:, i].mean().item()
+    return dict(step=step + 1, loss=loss, logp_gap=(st[:, 0] - st[:, 1]).mean().item(), topk_mass=mean(2), teacher_topk_mass=mean(3),
+                entropy=mean(4), answer_tokens=sum(map(len, ans)) / len(ans), eos_share=sum(g.finished) / len(ans),
+                distinct_2=distinct_n(ans), lr=lr, grad_norm=gn, skipped=not math.isfinite(gn), tokens_per_s=sum(map(len, ans)) / dt, seconds=dt)
 
 # %% ../nbs/06_distill.ipynb #4fb640cf
 def _update(model, cfg, opt, scaler) -> float:
@@ -285,24 +301,39 @@ def _check_inputs(model, tok, policy, requests):
                                               "use the tokenizer that belongs to the model")
     return Prompter(tok, policy)
 
-def _warn_negative(history):
+def _warn(history):
+    "Warnings for the last step: a negative loss (once per run) and each alarm it raised."
     m = history[-1]
     if m["loss"] < 0 and not any(h["loss"] < 0 for h in history[:-1]):
         warnings.warn(f"the loss is negative at step {m['step']} (student top-k mass {m['topk_mass']:.2f}): the truncated top-k loss rewards moving "
                       "probability outside the top-k; lower lr, or use divergence='topk_tail_reverse_kl'")
+    for a in m.get("alarms", []): warnings.warn(f"alarm {a['alarm']} at step {a['step']}: {a['cause']}; {a['fix']}")
 
-def _finish(model, history, cfg, out_dir) -> dict:
-    "Save the adapter and the training figure of a finished run (main process only); their paths."
-    if out_dir is None or _rank() != 0 or len(history) < cfg.steps: return {}
+def _snapshot(model) -> dict: return {n: p.detach().clone() for n,p in model.named_parameters() if "lora_" in n}
+
+def _restore(model, snap:dict):
+    with torch.no_grad():
+        for n,p in model.named_parameters():
+            if n in snap: p.copy_(snap[n])
+
+# %% ../nbs/06_distill.ipynb #4b8201f7
+def _finish(model, history, cfg, out_dir, stopped:bool) -> dict:
+    "Save the adapter and the training figure of a finished (or stopped) run, on the main process; their paths."
+    if out_dir is None or _rank() != 0 or (len(history) < cfg.steps and not stopped): return {}
     paths = {"adapter": save_adapter(model, run_file(out_dir, "adapter")), "metrics": run_file(out_dir, "metrics"),
              "checkpoints": run_file(out_dir, "checkpoints")}
     paths["training_png"] = save_figure(plot_training(history), run_file(out_dir, "training_png"))
     return paths
 
-# %% ../nbs/06_distill.ipynb #4b8201f7
+def _summary(history, kept_step) -> dict:
+    alarms = [a["alarm"] for m in history for a in m.get("alarms", [])]
+    out = dict(steps=len(history), loss_first=history[0]["loss"], loss_last=history[-1]["loss"], seconds=sum(m["seconds"] for m in history))
+    return out | (dict(alarms=", ".join(alarms)) if alarms else {}) | (dict(stopped_at=history[-1]["step"], kept_step=kept_step) if kept_step is not None else {})
+
+# %% ../nbs/06_distill.ipynb #95f26455
 def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=None, out_dir=None, progress:bool=True,
-            resume:bool=True, callback=None) -> DistillResult:
-    "Stage 3: on-policy self-distillation of `policy` into `model`'s adapter; checkpoints, resumes and saves when `out_dir` is given."
+            watch:list[dict]|None=None, resume:bool=True, callback=None) -> DistillResult:
+    "Stage 3: on-policy self-distillation of `policy` into `model`'s adapter, guarded by alarms (`watch`: held-out rows to measure)."
     from tqdm.auto import tqdm
     cfg,requests = cfg or DistillConfig(),request_texts(rows)
     prompter = _check_inputs(model, tok, policy, requests)
@@ -312,16 +343,20 @@ def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=N
     ckpt = run_file(out_dir, "checkpoints")
     start,history = load_checkpoint(model, opt, sched, ckpt, scaler) if (ckpt and resume) else (0, [])
     if start: log.info(f"distill: resuming from step {start} ({ckpt})")
-    prefix,main = PolicyPrefix(prompter) if cfg.prefix_cache else None,_rank() == 0
-    report = Reporter(out_dir if main else None, cfg.report_to if main else (), asdict(cfg))
+    prefix,main,w = PolicyPrefix(prompter) if cfg.prefix_cache else None,_rank() == 0,Watch(model, tok, policy, watch, cfg)
+    base = history[0] if history else watch_start(w, model)
+    report,good,kept = Reporter(out_dir if main else None, cfg.report_to if main else (), asdict(cfg)),(start, _snapshot(model)),None
     for step in (bar := tqdm(range(start, cfg.steps), desc="distill", disable=not (progress and main), initial=start, total=cfg.steps)):
-        history.append(distill_step(model, tok, prompter, _shard(_batches(requests, cfg, step)), cfg, opt, sched, step, prefix, scaler))
-        report(history); _warn_negative(history)
-        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", len=f"{history[-1]['answer_tokens']:.0f}")
+        m = distill_step(model, tok, prompter, _shard(_batches(requests, cfg, step)), cfg, opt, sched, step, prefix, scaler)
+        history.append(m | (base if step == 0 else {}) | watch_step(w, model, step + 1, base))
+        if alarms := check_alarms(history, cfg): history[-1]["alarms"] = alarms
+        report(history); _warn(history)
+        bar.set_postfix(loss=f"{m['loss']:.4f}", len=f"{m['answer_tokens']:.0f}")
+        if alarms and cfg.on_alarm == "stop": _restore(model, good[1]); kept = good[0]; break
         if ckpt and main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps): save_checkpoint(model, opt, sched, step + 1, history, ckpt, cfg, scaler)
-        if callback and callback(history[-1]) is False: break
-    summary = dict(steps=len(history), loss_first=history[0]["loss"], loss_last=history[-1]["loss"], seconds=sum(m["seconds"] for m in history))
-    return DistillResult(list(rows), summary, _finish(model, history, cfg, out_dir), history)
+        if (step + 1) % cfg.checkpoint_every == 0 and not any("alarms" in h for h in history): good = (step + 1, _snapshot(model))
+        if callback and callback(m) is False: break
+    return DistillResult(list(rows), _summary(history, kept), _finish(model, history, cfg, out_dir, kept is not None), history)
 
 # %% ../nbs/06_distill.ipynb #ed4322d3
 def save_adapter(model, path) -> Path:
@@ -349,20 +384,37 @@ def merge_adapter(model, out_dir=None):
 
 # %% ../nbs/06_distill.ipynb #aaf05f32
 def plot_training(history:list[dict]):
-    "Loss, answer length / EOS share and gradient norm per step; returns the Figure."
+    "The run's diagnostics per step (loss, top-k mass, entropy, answers, gradient norm, the watch), alarms marked; returns the Figure."
     import matplotlib.pyplot as plt
-    fig,ax = plt.subplots(1, 3, figsize=(12, 3.2))
-    st = [m["step"] for m in history]
-    ax[0].plot(st, [m["loss"] for m in history], marker=".")
-    ax[0].set(xlabel="step", ylabel="KL(student ‖ teacher) per token", title="Loss")
-    ax[1].plot(st, [m["answer_tokens"] for m in history], marker=".", label="answer tokens")
-    ax[1].set(xlabel="step", ylabel="tokens", title="Answers")
-    t = ax[1].twinx(); t.plot(st, [m["eos_share"] for m in history], color="C1", ls="--", label="ended with EOS"); t.set_ylim(0, 1.05)
-    ax[1].legend(loc="upper left"); t.legend(loc="lower right")
-    ax[2].plot(st, [m["grad_norm"] for m in history], marker=".", color="C2")
-    ax[2].set(xlabel="step", title="Gradient norm (before clipping)")
+    fig,ax = plt.subplots(2, 3, figsize=(13, 6.4))
+    ax = ax.ravel()
+    st,col = [m["step"] for m in history],lambda k: [m.get(k, float("nan")) for m in history]
+    ax[0].plot(st, col("loss"), marker="."); ax[0].set(xlabel="step", ylabel="per token", title="Loss (gradient norm dotted)")
+    g = ax[0].twinx(); g.plot(st, col("grad_norm"), color="C2", ls=":")
+    ax[1].plot(st, col("topk_mass"), label="student"); ax[1].plot(st, col("teacher_topk_mass"), label="teacher")
+    ax[1].set(xlabel="step", title="Mass on the student's top-k", ylim=(0, 1.05)); ax[1].legend(loc="lower left")
+    ax[2].plot(st, col("entropy"), color="C4"); ax[2].set(xlabel="step", ylabel="nats", title="Student entropy")
+    ax[3].plot(st, col("answer_tokens"), marker=".", label="answer tokens"); ax[3].set(xlabel="step", ylabel="tokens", title="Answers")
+    t = ax[3].twinx(); t.plot(st, col("eos_share"), color="C1", ls="--", label="ended with EOS"); t.plot(st, col("distinct_2"), color="C2", ls=":", label="distinct-2")
+    t.set_ylim(0, 1.05); ax[3].legend(loc="upper left", fontsize=8); t.legend(loc="lower right", fontsize=8)
+    _plot_watch(ax[4], ax[5], history)
+    for m in history:
+        for a in m.get("alarms", []):
+            for x in ax: x.axvline(a["step"], color="red", ls="--", lw=1)
+            ax[0].annotate(a["alarm"], (a["step"], ax[0].get_ylim()[1]), color="red", fontsize=8, rotation=90, va="top")
     fig.tight_layout()
     return fig
+
+def _plot_watch(a, b, history):
+    kl = [(m["step"], m["heldout_kl"]) for m in history if "heldout_kl" in m]
+    if history and "heldout_kl_start" in history[0]: kl = [(0, history[0]["heldout_kl_start"])] + kl
+    if kl: a.plot(*zip(*kl), marker="o", color="C3")
+    a.set(xlabel="step", title="Held-out policy KL (watch)")
+    ref = [(m["step"], m["benign_refusal"]["rate"], m["oracle_benign_refusal"]["rate"]) for m in history if m.get("benign_refusal")]
+    if ref:
+        x,r,o = zip(*ref)
+        b.plot(x, r, marker="o", label="student"); b.plot(x, o, ls="--", color="k", label="oracle"); b.legend(fontsize=8)
+    b.set(xlabel="step", title="Benign refusal (watch)", ylim=(-0.05, 1.05))
 
 # %% ../nbs/06_distill.ipynb #8ac0833b
 def heldout_policy_kl(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, seed:int=1234) -> float:

@@ -30,16 +30,17 @@ SCORES = ("kl", "logp_gap", "flip")
 class FilterConfig:
     "Stage 2 settings; defaults are the GPU (reference-scale) values."
     score: str = "kl"               # which score ranks requests: 'kl', 'logp_gap' or 'flip' (needs a judge)
-    samples: int = 1                # answers sampled per request (mean and spread)
+    samples: int = 2                # answers sampled per request (mean and spread)
     max_new_tokens: int = 512
     temperature: float = 1.0
-    divergence: str = "topk_reverse_kl"
+    divergence: str = "topk_tail_reverse_kl"   # as in training (DistillConfig.divergence)
     top_k: int = 256
     batch_size: int = 16
     keep_fraction: float|None = 0.5 # keep this share of harmful requests ...
     top_n: int|None = None          # ... or exactly this many (wins over keep_fraction) ...
     threshold: float|None = None    # ... or every request scoring at least this
-    min_per_rule: int = 0           # never keep fewer than this per rule (when available)
+    per_rule: bool = True           # keep_fraction within each rule, so a rule with a smaller KL scale is not starved
+    min_per_rule: int = 1           # never keep fewer than this per rule (when available)
     prefix_cache: bool = True
     reuse_scores: bool = True       # reuse scores from earlier runs (keyed by model, policy, request, sampling)
     seed: int = 0
@@ -64,9 +65,14 @@ class FilterConfig:
 # %% ../nbs/04_filtering.ipynb #3cd780ca
 def _mean_std(xs): return (statistics.fmean(xs), statistics.pstdev(xs) if len(xs) > 1 else 0.0)
 
-def _score_batch(model, tok, s_p, t_p, cfg, prefix, seed):
-    "Scores of one batch of prompts: `cfg.samples` answers each, averaged."
-    g = rollout(model, tok, s_p, cfg.max_new_tokens, cfg.temperature, seed=seed, batch_size=len(s_p)*cfg.samples, samples=cfg.samples)
+def sample_seeds(keys:list[str], samples:int) -> list[int]:
+    "One seed per answer to sample: from the request's cache key and the sample's index, so that a cached score can be reproduced alone."
+    return [int(stable_hash(k, j), 16) % 2**31 for k in keys for j in range(samples)]
+
+def _score_batch(model, tok, s_p, t_p, cfg, prefix, keys):
+    "Scores of one batch of prompts: `cfg.samples` answers each (seeded by their keys), averaged."
+    g = rollout(model, tok, s_p, cfg.max_new_tokens, cfg.temperature, batch_size=len(s_p)*cfg.samples, samples=cfg.samples,
+                row_seeds=sample_seeds(keys, cfg.samples))
     rep = lambda xs: [x for x in xs for _ in range(cfg.samples)]
     with torch.no_grad():
         loss,stats,mask = score_tokens(model, pair_batch(rep(s_p), rep(t_p), g.answer_ids, tok.pad_token_id),
@@ -94,11 +100,10 @@ def score_requests(model, tok, policy:Policy, requests:list[str], cfg:FilterConf
     cache = JsonlCache(cache_path or cache_dir()/"scores"/f"{stable_hash(fp, policy.render())}.jsonl") if cfg.reuse_scores else None
     todo = [i for i,k in enumerate(keys) if cache is None or k not in cache]
     prefix = PolicyPrefix(pr) if cfg.prefix_cache else None
-    set_seed(cfg.seed)
     done = {}
     for b in tqdm(range(0, len(todo), cfg.batch_size), desc="filtering: scoring", disable=not progress):
         idx = todo[b:b+cfg.batch_size]
-        rows = _score_batch(model, tok, [s_p[i] for i in idx], [t_p[i] for i in idx], cfg, prefix, seed=cfg.seed + b)
+        rows = _score_batch(model, tok, [s_p[i] for i in idx], [t_p[i] for i in idx], cfg, prefix, [keys[i] for i in idx])
         rows = [dict(key=keys[i], request=requests[i], **r) for i,r in zip(idx, rows)]
         done.update({r["key"]: r for r in rows})
         if cache is not None: cache.put({r["key"]: r for r in rows})
@@ -124,11 +129,18 @@ def _target(n, cfg):
     if cfg.threshold is not None: return None
     return max(1, round(n * (cfg.keep_fraction or 1.0)))
 
+def _per_rule(harm, cfg) -> list[dict]:
+    "The best `keep_fraction` of each rule's requests (at least `min_per_rule`)."
+    by = defaultdict(list)
+    for r in harm: by[r.get("rule_id")].append(r)
+    return [r for rs in by.values() for r in rs[:max(cfg.min_per_rule, round(len(rs) * (cfg.keep_fraction or 1.0)))]]
+
 def select_sensitive(rows:list[dict], cfg:FilterConfig|None=None) -> list[dict]:
-    "The harmful rows to train on, best first by `cfg.score`, with at least `cfg.min_per_rule` per rule where available."
+    "The harmful rows to train on, best first by `cfg.score`: per rule (default), or ranked together with at least `cfg.min_per_rule` per rule."
     cfg = cfg or FilterConfig()
     harm = sorted((r for r in rows if r.get("kind", "harmful") == "harmful"), key=lambda r: (-r[cfg.score], r.get("request", "")))
     if not harm: raise PolicyAlignError("no harmful requests to select from", "check that synthesis produced rows with kind='harmful'")
+    if cfg.per_rule and cfg.top_n is None and cfg.threshold is None: return _per_rule(harm, cfg)
     n = _target(len(harm), cfg)
     chosen,per_rule = [],Counter()
     for r in harm:  # first pass: the best min_per_rule of every rule

@@ -9,8 +9,9 @@ import torch, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
-__all__ = ['DIVERGENCES', 'reverse_kl', 'forward_kl', 'topk_reverse_kl', 'topk_tail_reverse_kl', 'generalized_jsd',
-           'token_divergence', 'logp_divergence', 'masked_mean', 'chunked_head_divergence']
+__all__ = ['DIVERGENCES', 'STATS', 'reverse_kl', 'forward_kl', 'topk_reverse_kl', 'tail_logmass', 'topk_tail_reverse_kl',
+           'generalized_jsd', 'token_divergence', 'logp_divergence', 'masked_mean', 'token_stats',
+           'chunked_head_divergence']
 
 # %% ../nbs/05_losses.ipynb #b2551c64
 def _finite(lp): return lp.clamp(min=torch.finfo(lp.dtype).min)  # -inf (masked vocab) would turn 0*inf into NaN
@@ -33,12 +34,15 @@ def topk_reverse_kl(s_logp, t_logp, top_k:int=256, renormalize:bool=False):
     if renormalize: s,t = s - s.logsumexp(-1, keepdim=True),t - t.logsumexp(-1, keepdim=True)
     return (s.exp() * (s - t)).sum(-1)
 
+def tail_logmass(logp, idx):
+    "Log of the probability mass outside the columns `idx`, exactly: a logsumexp over every other entry."
+    return _finite(logp).scatter(-1, idx, torch.finfo(logp.dtype).min).logsumexp(-1)
+
 def topk_tail_reverse_kl(s_logp, t_logp, top_k:int=256):
     "KL(student || teacher) over the student's `top_k` tokens plus one 'tail' bucket holding all other tokens' mass."
     idx = s_logp.detach().topk(min(top_k, s_logp.shape[-1]), dim=-1).indices
     s,t = _finite(s_logp.gather(-1, idx)),_finite(t_logp.gather(-1, idx))
-    tail = lambda lp: torch.log1p(-lp.exp().sum(-1).clamp(max=1 - 1e-6)).clamp(min=-1e4)   # log(1 - top-k mass)
-    s_tail,t_tail = tail(s),tail(t)
+    s_tail,t_tail = tail_logmass(s_logp, idx),tail_logmass(t_logp, idx)
     return (s.exp() * (s - t)).sum(-1) + s_tail.exp() * (s_tail - t_tail)
 
 # %% ../nbs/05_losses.ipynb #95a59e41
@@ -53,11 +57,11 @@ def generalized_jsd(s_logp, t_logp, beta:float=0.5):
 # %% ../nbs/05_losses.ipynb #5ea3cbcb
 DIVERGENCES = ("topk_reverse_kl", "topk_reverse_kl_renorm", "topk_tail_reverse_kl", "reverse_kl", "forward_kl", "jsd")
 
-def token_divergence(s_logits, t_logits, divergence:str="topk_reverse_kl", top_k:int=256, beta:float=0.5):
+def token_divergence(s_logits, t_logits, divergence:str="topk_tail_reverse_kl", top_k:int=256, beta:float=0.5):
     "Per-position divergence between student and teacher *logits*, computed in float32."
     return logp_divergence(s_logits.float().log_softmax(-1), t_logits.float().log_softmax(-1), divergence, top_k, beta)
 
-def logp_divergence(s, t, divergence:str="topk_reverse_kl", top_k:int=256, beta:float=0.5):
+def logp_divergence(s, t, divergence:str="topk_tail_reverse_kl", top_k:int=256, beta:float=0.5):
     "Per-position divergence between student and teacher *log-probabilities*, chosen by name."
     if divergence == "topk_reverse_kl": return topk_reverse_kl(s, t, top_k)
     if divergence == "topk_reverse_kl_renorm": return topk_reverse_kl(s, t, top_k, renormalize=True)
@@ -74,25 +78,31 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 # %% ../nbs/05_losses.ipynb #22e52cdb
+STATS = ("student_logp", "teacher_logp", "student_topk_mass", "teacher_topk_mass", "student_entropy")
+
+def token_stats(s_lp, t_lp, tokens, top_k:int=256):
+    "Per token, the columns of `STATS`: the sampled token's log-prob under each model, each model's mass on the student's top-k, the student's entropy."
+    idx,tok = s_lp.topk(min(top_k, s_lp.shape[-1]), -1).indices,tokens[:, None]
+    s_p = s_lp.exp()
+    return torch.stack([s_lp.gather(-1, tok)[:, 0], t_lp.gather(-1, tok)[:, 0], s_p.gather(-1, idx).sum(-1),
+                        t_lp.gather(-1, idx).exp().sum(-1), -(s_p * _finite(s_lp)).sum(-1)], -1)
+
+# %% ../nbs/05_losses.ipynb #3582cb5a
 def _chunk(s_h, t_h, tokens, weight, bias, divergence, top_k, beta, scale):
     logp = lambda h: (F.linear(h, weight, bias).float() * scale).log_softmax(-1)
     s_lp,t_lp = logp(s_h),logp(t_h)
     loss = logp_divergence(s_lp, t_lp, divergence, top_k, beta)
-    with torch.no_grad():
-        s_lp = s_lp.detach()
-        tok = tokens[:, None]
-        stats = torch.stack([s_lp.gather(-1, tok)[:, 0], t_lp.gather(-1, tok)[:, 0],
-                             s_lp.topk(min(top_k, s_lp.shape[-1]), -1).values.exp().sum(-1)], -1)
+    with torch.no_grad(): stats = token_stats(s_lp.detach(), t_lp.detach(), tokens, top_k)
     return loss, stats
 
-# %% ../nbs/05_losses.ipynb #24a15fc1
-def chunked_head_divergence(s_hidden, t_hidden, tokens, weight, bias=None, divergence:str="topk_reverse_kl", top_k:int=256,
+# %% ../nbs/05_losses.ipynb #fe313630
+def chunked_head_divergence(s_hidden, t_hidden, tokens, weight, bias=None, divergence:str="topk_tail_reverse_kl", top_k:int=256,
                             beta:float=0.5, chunk:int=1024, scale:float=1.0):
-    "Per-token divergence from hidden states `(n, d)` through the output head (logits times `scale`), chunk by chunk; also `(n, 3)` stats: sampled-token log-prob (student, teacher) and top-k mass."
+    "Per-token divergence from hidden states `(n, d)` through the output head (logits times `scale`), chunk by chunk; also the `(n, 5)` `STATS` of every token."
     losses,stats = [],[]
     for i in range(0, s_hidden.shape[0], chunk):
         args = (s_hidden[i:i+chunk], t_hidden[i:i+chunk], tokens[i:i+chunk], weight, bias, divergence, top_k, beta, scale)
         l,s = checkpoint(_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk(*args)
         losses.append(l); stats.append(s)
-    if not losses: return s_hidden.new_zeros(0), s_hidden.new_zeros(0, 3)
+    if not losses: return s_hidden.new_zeros(0), s_hidden.new_zeros(0, len(STATS))
     return torch.cat(losses),torch.cat(stats)

@@ -14,7 +14,7 @@ from .policy import Policy, Prompter
 __all__ = ['EMBEDDED_MODELS', 'PRECISIONS', 'SHAPES', 'embedded_model_dir', 'resolve_model', 'resolve_precision', 'torch_dtype',
            'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'memory_estimate', 'shape_config',
            'compute_dtype', 'autocast', 'Generation', 'eos_ids', 'left_pad', 'eval_mode', 'plain_generation_config',
-           'generate', 'chat', 'model_name', 'fingerprint']
+           'RowSampler', 'generate', 'chat', 'model_name', 'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
 log = get_logger(__name__)
@@ -313,21 +313,41 @@ def _trim(row, eos, pad):
     return out, False
 
 # %% ../nbs/02_models.ipynb #e23c12ee
+class RowSampler:
+    "A logits processor that turns greedy decoding into sampling at `temperature`, with one seeded noise stream per row."
+    def __init__(self, seeds:list[int], temperature:float, device):
+        import torch
+        self.gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+
+    def __call__(self, input_ids, scores):
+        import torch
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.gens])
+        return scores.float() / self.temperature - torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+
+# %% ../nbs/02_models.ipynb #1874a4ce
+def _decoding(temperature, top_p, row_seeds, device) -> dict:
+    "The generate() keywords for greedy decoding, batch-seeded sampling, or per-row-seeded sampling."
+    if temperature <= 0: return dict(do_sample=False)
+    if row_seeds is None: return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    if top_p < 1: raise PolicyAlignError("row_seeds samples from the whole distribution", "use top_p=1.0 with row_seeds")
+    from transformers import LogitsProcessorList
+    return dict(do_sample=False, logits_processor=LogitsProcessorList([RowSampler(row_seeds, temperature, device)]))
+
 def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temperature:float=1.0, top_p:float=1.0,
-             seed:int|None=None, batch_size:int=8, progress:bool=False, min_new_tokens:int=0) -> Generation:
-    "Generate one answer per tokenised prompt, in left-padded batches; `temperature=0` is greedy; `min_new_tokens` suppresses EOS until then."
+             seed:int|None=None, batch_size:int=8, progress:bool=False, min_new_tokens:int=0, row_seeds:list[int]|None=None) -> Generation:
+    "One answer per tokenised prompt, in left-padded batches; `temperature=0` is greedy; `row_seeds`: one seed per prompt, whatever the batch."
     import torch
     from tqdm.auto import tqdm
     if seed is not None: torch.manual_seed(seed)
-    eos,pad = eos_ids(model, tok),tok.pad_token_id
+    eos,pad,dev = eos_ids(model, tok),tok.pad_token_id,next(model.parameters()).device
     kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos))
-    kw |= dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
     answers,done = [],[]
-    dev = next(model.parameters()).device
     for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
         ids,mask = left_pad(prompts[i:i+batch_size], pad)
+        dec = _decoding(temperature, top_p, row_seeds and row_seeds[i:i+batch_size], dev)
         with torch.no_grad(), eval_mode(model), plain_generation_config(model), autocast(model):
-            out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
+            out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw, **dec)
         for row in out[:, ids.shape[1]:].tolist():
             a,f = _trim(row, eos, pad); answers.append(a); done.append(f)
     texts = tok.batch_decode(answers, skip_special_tokens=True)

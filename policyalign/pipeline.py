@@ -162,8 +162,9 @@ def stage_rows(stage:str, cfg:PipelineConfig, policy:Policy, out:Path) -> list[d
     return read_jsonl(run_file(out, STAGE_INPUTS[stage])) if STAGE_INPUTS[stage] else None
 
 def run_stage(stage:str, cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> StageResult:
-    "Run one stage on its input rows with its part of the config, writing into the run folder `out`."
-    return STAGE_FUNCS[stage](model, tok, policy, stage_rows(stage, cfg, policy, out), getattr(cfg, STAGE_CONFIGS[stage]), out_dir=out)
+    "Run one stage on its input rows with its part of the config, writing into the run folder `out` (distillation watches the held-out rows)."
+    watch = dict(watch=read_jsonl(run_file(out, "heldout"))) if stage == "distillation" else {}
+    return STAGE_FUNCS[stage](model, tok, policy, stage_rows(stage, cfg, policy, out), getattr(cfg, STAGE_CONFIGS[stage]), out_dir=out, **watch)
 
 def _seed_column(path):
     head = Path(path).read_text(encoding="utf-8", errors="replace")[:2000]
@@ -277,6 +278,11 @@ def shows(check:dict|None, ev:dict|None) -> str:
     return " ".join(out)
 
 # %% ../nbs/09_pipeline.ipynb #7ac12af4
+def _alarms(out) -> list[dict]:
+    "Every alarm the distillation logged in metrics.jsonl."
+    p = run_file(out, "metrics")
+    return [a for m in (read_jsonl(p) if p.exists() else []) for a in m.get("alarms", [])]
+
 def write_report(out:Path, state:dict) -> Path:
     "Write report.md for the run folder from stages.json, check.json and eval.json."
     read = lambda name: read_json(run_file(out, name)) if run_file(out, name).exists() else None
@@ -290,6 +296,7 @@ def write_report(out:Path, state:dict) -> Path:
             sm = state[s]["summary"]
             lines.append(f"- **{s}**: " + ", ".join(f"{k} = {_short(v)}" for k,v in sm.items() if not isinstance(v, dict)))
         else: lines.append(f"- **{s}**: not run yet")
+    if alarms := _alarms(out): lines += ["## Alarms during training", ""] + [f"- **{a['alarm']}** at step {a['step']}: {a['cause']}. What to change: {a['fix']}." for a in alarms] + [""]
     figs = [run_file(out, f) for f in ("mechanism_png", "filtering_png", "training_png", "eval_png")]
     lines += [""] + [f"![{f.stem}]({f.name})" for f in figs if f.exists()] + [""]
     if ev: lines.append(report_markdown(ev, level=2))

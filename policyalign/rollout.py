@@ -41,10 +41,10 @@ def prepare_prompts(prompter:Prompter, requests:list[str], max_new_tokens:int, m
 
 # %% ../nbs/05a_rollout.ipynb #1ce9029f
 def rollout(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temperature:float=1.0, seed:int|None=None,
-            batch_size:int=8, samples:int=1, progress:bool=False, min_new_tokens:int=0) -> Generation:
-    "The student (adapter on, no policy) samples `samples` answers per prompt."
-    return generate(model, tok, [p for p in prompts for _ in range(samples)], max_new_tokens=max_new_tokens,
-                    temperature=temperature, top_p=1.0, seed=seed, batch_size=batch_size, progress=progress, min_new_tokens=min_new_tokens)
+            batch_size:int=8, samples:int=1, progress:bool=False, min_new_tokens:int=0, row_seeds:list[int]|None=None) -> Generation:
+    "The student (adapter on, no policy) samples `samples` answers per prompt (`row_seeds`: one seed per answer, whatever the batch)."
+    return generate(model, tok, [p for p in prompts for _ in range(samples)], max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_p=1.0, seed=seed, batch_size=batch_size, progress=progress, min_new_tokens=min_new_tokens, row_seeds=row_seeds)
 
 # %% ../nbs/05a_rollout.ipynb #ab2f3764
 @dataclass
@@ -152,7 +152,7 @@ def teacher_hidden(model, batch:PairBatch, L:int, teacher:str="frozen", prefix:P
 def _answers(b): return [r[m].tolist() for r,m in zip(b.answer_ids, b.answer_mask)]
 
 # %% ../nbs/05a_rollout.ipynb #ffc7548c
-def score_tokens(model, batch:PairBatch, teacher:str="frozen", divergence:str="topk_reverse_kl", top_k:int=256, beta:float=0.5,
+def score_tokens(model, batch:PairBatch, teacher:str="frozen", divergence:str="topk_tail_reverse_kl", top_k:int=256, beta:float=0.5,
                  chunk:int=1024, prefix:PolicyPrefix|None=None, version=0, temperature:float=1.0):
     "Per-token divergence `(n,)` and stats `(n, 3)` over the batch's answer tokens (row-major), plus the mask `(bs, L)`; logits are divided by the sampling `temperature`."
     dec,head,scale = lm_parts(model)
