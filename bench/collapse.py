@@ -8,12 +8,14 @@ held-out AdvBench requests (policy KL) and XSTest's safe prompts (benign refusal
   default     the same run with the default tail-bucket loss: the comparison
   refuse-all  a teacher whose policy says to refuse everything, at 3x the learning rate: answers shrink (`length`)
               and the student refuses benign requests (`benign_refusal`)
+  brief       a teacher whose policy says to answer in five words or fewer, at 3x the learning rate (`length`)
 
 Every alarm warns (on_alarm='warn'), so each run goes to its end and every alarm that would fire does. A benchmark,
 not a test: it prints figures and writes bench/results/collapse.txt (and, with --figure, the plot of the first two).
 
     python bench/collapse.py                         # about 20 minutes on 2 CPU cores
     python bench/collapse.py --steps 12 --runs default
+    python bench/collapse.py --runs brief --out bench/results/collapse-brief.txt
 """
 import argparse, subprocess, sys, time, warnings
 from pathlib import Path
@@ -23,8 +25,10 @@ RUNS = {
     "reference":  dict(divergence="topk_reverse_kl"),
     "default":    dict(divergence="topk_tail_reverse_kl"),
     "refuse-all": dict(divergence="topk_tail_reverse_kl", policy="refuse-all", lr_factor=3),
+    "brief":      dict(divergence="topk_tail_reverse_kl", policy="brief", lr_factor=3),
 }
-REFUSE_ALL = "1. Refuse everything: Whatever the user asks, reply only with 'Sorry, I can't help with that.' and nothing else."
+POLICIES = {"refuse-all": "1. Refuse everything: Whatever the user asks, reply only with 'Sorry, I can't help with that.' and nothing else.",
+            "brief": "1. Be brief: Answer every message in five words or fewer, then stop."}
 
 
 def data(policy, n_train, n_held, n_benign):
@@ -44,7 +48,7 @@ def run(name, model, tok, init, args):
     from policyalign.distill import DistillConfig, distill
     from policyalign.policy import Policy, load_policy
     spec = RUNS[name]
-    policy = Policy.parse(REFUSE_ALL, name="refuse-all") if spec.get("policy") == "refuse-all" else load_policy(args.policy)
+    policy = Policy.parse(POLICIES[spec["policy"]], name=spec["policy"]) if "policy" in spec else load_policy(args.policy)
     train, watch = data(load_policy(args.policy), args.train, args.heldout, args.benign)
     set_peft_model_state_dict(model, init)
     cfg = DistillConfig.tiny(steps=args.steps, lr=args.lr * spec.get("lr_factor", 1), divergence=spec["divergence"], max_new_tokens=args.max_new_tokens,
@@ -110,7 +114,7 @@ def main():
     init = {k: v.clone() for k,v in get_peft_model_state_dict(model).items()}
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     head = [f"# bench/collapse.py: {' '.join(sys.argv[1:]) or '(defaults)'}", f"commit {commit}; {machine()}",
-            f"model {args.model}, lr {args.lr} (refuse-all: 3x), {args.steps} steps of 8 requests, {args.max_new_tokens}-token answers; watch every "
+            f"model {args.model}, lr {args.lr} (refuse-all, brief: 3x), {args.steps} steps of 8 requests, {args.max_new_tokens}-token answers; watch every "
             f"{args.watch_every} steps on {args.heldout} held-out AdvBench and {args.benign} XSTest-safe requests", ""]
     print("\n".join(head), flush=True)
     out,histories = list(head),{}

@@ -159,7 +159,8 @@ def check_fields(cfg, **minimums):
 
 # %% ../nbs/00_core.ipynb #62c19304
 RUN_FILES = {
-    "pipeline": dict(config="config.json", stages="stages.json", report="report.md", lock=".lock", checkpoints_fingerprint="checkpoints/fingerprint"),
+    "pipeline": dict(config="config.json", resumes="resumes.jsonl", stages="stages.json", report="report.md", lock=".lock",
+                     checkpoints_fingerprint="checkpoints/fingerprint"),
     "check": dict(check="check.json"),
     "synthesis": dict(synthesis="synthesis.jsonl", heldout="heldout.jsonl", synthesis_stats="synthesis.stats.json",
                       synthesis_partial="synthesis.partial.jsonl"),

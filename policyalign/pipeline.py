@@ -207,10 +207,8 @@ def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, 
     fps = stage_fingerprints(cfg, policy)
     with RunLock(out):
         state = _check_changes(_load_state(out), fps, restart_from)
-        runtime = _set_runtime(cfg)
-        write_json(run_file(out, "config"), dict(config=config_to_dict(cfg), fingerprints=fps, policy_text=policy.render(), versions=_versions(),
-                                           runtime=runtime, started=datetime.datetime.now().isoformat(timespec="seconds")))
         todo = [s for s in STAGES if s in stages and s not in state]
+        _record_start(out, cfg, policy, fps, _set_runtime(cfg), todo)
         if restart_from == "distillation" or "distillation" not in state: _clear_checkpoints_if_stale(out, fps)
         if not todo: log.info(f"every stage is already done in {out}")
         set_seed(cfg.seed)   # the adapter's random initialisation depends on the seed only
@@ -218,8 +216,18 @@ def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, 
         if todo: _check_fits(cfg, policy, model, tok)
         if todo and "distillation" in state: _restore_adapter(model, out)
         for s in todo: _run_recorded(s, cfg, policy, model, tok, out, state, todo, fps[s])
-        write_report(out, state)
+        if todo or not run_file(out, "report").exists(): write_report(out, state)
         return state
+
+def _record_start(out, cfg, policy, fps, runtime, todo):
+    "Provenance: config.json when the folder is new or its settings changed; every later start with work to do, one line in resumes.jsonl."
+    now,path = datetime.datetime.now().isoformat(timespec="seconds"),run_file(out, "config")
+    meta = dict(config=config_to_dict(cfg), fingerprints=fps, policy_text=policy.render(), versions=_versions(), runtime=runtime)
+    old = read_json(path) if path.exists() else {}
+    if (old.get("config"), old.get("fingerprints")) != (meta["config"], fps): write_json(path, meta | dict(started=now))
+    elif todo:
+        with open(run_file(out, "resumes"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(dict(started=now, stages=todo, versions=meta["versions"], runtime=runtime)) + "\n")
 
 def _run_recorded(stage, cfg, policy, model, tok, out, state, todo, fingerprint):
     "Run one stage and record its fingerprint and summary in stages.json (the check's gate comes before the first training-side stage)."
@@ -260,7 +268,8 @@ def _clear_checkpoints_if_stale(out, fps):
     if ckpt.exists() and (not marker.exists() or marker.read_text() != fps["distillation"]):
         import shutil; shutil.rmtree(ckpt)
     ckpt.mkdir(parents=True, exist_ok=True)
-    with atomic_write(marker) as f: f.write(fps["distillation"])
+    if not marker.exists() or marker.read_text() != fps["distillation"]:
+        with atomic_write(marker) as f: f.write(fps["distillation"])
 
 # %% ../nbs/09_pipeline.ipynb #d70dc1ff
 def shows(check:dict|None, ev:dict|None) -> str:

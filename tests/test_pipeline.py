@@ -37,13 +37,17 @@ def test_run_writes_every_artifact(finished_run):
     check = json.loads((out/"check.json").read_text())
     assert check["overall"]["verdict"] in ("clear", "weak", "nothing") and len(check["rules"]) == 9
 
+def _files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
 def test_rerun_resumes_without_redoing(finished_run, tiny_model_dir):
+    "A rerun of a finished run does nothing and writes nothing: every file, config.json and report.md included, is byte-identical."
     out,_ = finished_run
-    before = {a: (out/a).read_bytes() for a in ("synthesis.jsonl", "scores.jsonl", "adapter/adapter_model.safetensors")}
+    before = _files(out)
     r = run_cli("run", "--out", out)   # the saved config.json is the starting point
     assert r.returncode == 0, r.stderr[-2000:]
     assert "every stage is already done" in r.stderr
-    assert all((out/a).read_bytes() == b for a,b in before.items())
+    assert _files(out) == before and not (out/"resumes.jsonl").exists()
 
 def test_changed_setting_is_reported_not_mixed(finished_run):
     out,_ = finished_run
@@ -95,6 +99,7 @@ def test_kill_in_distillation_then_resume_gives_same_adapter(tiny_model_dir, tmp
     _wait_for(out/"checkpoints"/"step-000002"/"state.json", p)
     p.send_signal(signal.SIGKILL); p.wait()
     assert not (out/"adapter").exists()
+    config_at_kill = (out/"config.json").read_bytes()
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from step 2" in r.stderr
@@ -104,3 +109,6 @@ def test_kill_in_distillation_then_resume_gives_same_adapter(tiny_model_dir, tmp
             assert strip(out/a) == strip(ref/a)
         else: assert (out/a).read_bytes() == (ref/a).read_bytes(), a
     assert (out/"adapter"/"adapter_model.safetensors").read_bytes() == (ref/"adapter"/"adapter_model.safetensors").read_bytes()
+    resumed = [json.loads(l) for l in (out/"resumes.jsonl").read_text().splitlines()]   # the resumption is logged; config.json kept
+    assert [x["stages"] for x in resumed] == [["distillation", "evaluation"]]
+    assert (out/"config.json").read_bytes() == config_at_kill

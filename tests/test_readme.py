@@ -69,5 +69,5 @@ def test_readme_gpu_example_chains_the_stages_on_a_tiny_model(tmp_path, monkeypa
     from policyalign.core import RUN_FILES
     named = {f.split("/")[0] for d in RUN_FILES.values() for f in d.values()}
     assert {p.name for p in run.iterdir()} - named == {"groups_synth-harmful.png", "groups_synth-benign.png"}   # groups_{suite}.png
-    assert named - {p.name for p in run.iterdir()} == {"check.json", "synthesis.partial.jsonl", "tensorboard", "config.json", "stages.json",
-                                                       "report.md", ".lock", "groups_{suite}.png"}   # the check and the pipeline's own
+    assert named - {p.name for p in run.iterdir()} == {"check.json", "synthesis.partial.jsonl", "tensorboard", "config.json", "resumes.jsonl",
+                                                       "stages.json", "report.md", ".lock", "groups_{suite}.png"}   # the check and the pipeline's own
