@@ -9,7 +9,7 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
 from .core import PolicyAlignError, StageResult, atomic_write, check_fields, get_logger, read_json, request_texts, run_file, set_seed, stable_hash, write_json, write_jsonl
-from .plots import save_figure
+from .plots import plot_training, save_figure
 from .losses import *
 from .models import add_lora, compute_dtype
 from .policy import Policy, Prompter
@@ -20,8 +20,8 @@ from .guards import Watch, check_alarms, watch_start, watch_step
 # %% auto #0
 __all__ = ['DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update', 'distill_step',
            'distinct_n', 'save_checkpoint', 'load_checkpoint', 'Reporter', 'DistillResult', 'distill', 'save_adapter',
-           'load_adapter', 'merge_adapter', 'plot_training', 'heldout_policy_kl', 'teacher_answer_logprob',
-           'topk_reverse_kl', 'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
+           'load_adapter', 'merge_adapter', 'heldout_policy_kl', 'teacher_answer_logprob', 'topk_reverse_kl',
+           'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
            'chunked_head_divergence', 'masked_mean', 'DIVERGENCES', 'TEACHERS']
 
 # %% ../nbs/06_distill.ipynb #61d2e9c5
@@ -381,40 +381,6 @@ def merge_adapter(model, out_dir=None):
     merged = model.merge_and_unload()
     if out_dir: merged.save_pretrained(out_dir, safe_serialization=True)
     return merged
-
-# %% ../nbs/06_distill.ipynb #aaf05f32
-def plot_training(history:list[dict]):
-    "The run's diagnostics per step (loss, top-k mass, entropy, answers, gradient norm, the watch), alarms marked; returns the Figure."
-    import matplotlib.pyplot as plt
-    fig,ax = plt.subplots(2, 3, figsize=(13, 6.4))
-    ax = ax.ravel()
-    st,col = [m["step"] for m in history],lambda k: [m.get(k, float("nan")) for m in history]
-    ax[0].plot(st, col("loss"), marker="."); ax[0].set(xlabel="step", ylabel="per token", title="Loss (gradient norm dotted)")
-    g = ax[0].twinx(); g.plot(st, col("grad_norm"), color="C2", ls=":")
-    ax[1].plot(st, col("topk_mass"), label="student"); ax[1].plot(st, col("teacher_topk_mass"), label="teacher")
-    ax[1].set(xlabel="step", title="Mass on the student's top-k", ylim=(0, 1.05)); ax[1].legend(loc="lower left")
-    ax[2].plot(st, col("entropy"), color="C4"); ax[2].set(xlabel="step", ylabel="nats", title="Student entropy")
-    ax[3].plot(st, col("answer_tokens"), marker=".", label="answer tokens"); ax[3].set(xlabel="step", ylabel="tokens", title="Answers")
-    t = ax[3].twinx(); t.plot(st, col("eos_share"), color="C1", ls="--", label="ended with EOS"); t.plot(st, col("distinct_2"), color="C2", ls=":", label="distinct-2")
-    t.set_ylim(0, 1.05); ax[3].legend(loc="upper left", fontsize=8); t.legend(loc="lower right", fontsize=8)
-    _plot_watch(ax[4], ax[5], history)
-    for m in history:
-        for a in m.get("alarms", []):
-            for x in ax: x.axvline(a["step"], color="red", ls="--", lw=1)
-            ax[0].annotate(a["alarm"], (a["step"], ax[0].get_ylim()[1]), color="red", fontsize=8, rotation=90, va="top")
-    fig.tight_layout()
-    return fig
-
-def _plot_watch(a, b, history):
-    kl = [(m["step"], m["heldout_kl"]) for m in history if "heldout_kl" in m]
-    if history and "heldout_kl_start" in history[0]: kl = [(0, history[0]["heldout_kl_start"])] + kl
-    if kl: a.plot(*zip(*kl), marker="o", color="C3")
-    a.set(xlabel="step", title="Held-out policy KL (watch)")
-    ref = [(m["step"], m["benign_refusal"]["rate"], m["oracle_benign_refusal"]["rate"]) for m in history if m.get("benign_refusal")]
-    if ref:
-        x,r,o = zip(*ref)
-        b.plot(x, r, marker="o", label="student"); b.plot(x, o, ls="--", color="k", label="oracle"); b.legend(fontsize=8)
-    b.set(xlabel="step", title="Benign refusal (watch)", ylim=(-0.05, 1.05))
 
 # %% ../nbs/06_distill.ipynb #8ac0833b
 def heldout_policy_kl(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, seed:int=1234) -> float:

@@ -9,7 +9,7 @@ from .core import atomic_write
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['save_figure', 'plot_eval', 'plot_groups', 'plot_mechanism']
+__all__ = ['save_figure', 'plot_eval', 'plot_groups', 'plot_mechanism', 'plot_training']
 
 # %% ../nbs/08_plots.ipynb #878648f3
 def save_figure(fig, path, dpi:int=120) -> Path:
@@ -96,3 +96,37 @@ def plot_mechanism(mech:dict, title:str|None=None):
     ax.set_title(title or f"held-out policy KL: aligned/base = {r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] (n={mech['n']})", fontsize=9)
     ax.grid(axis="y", alpha=.3)
     return fig
+
+# %% ../nbs/08_plots.ipynb #06c73789
+def plot_training(history:list[dict]):
+    "The run's diagnostics per step (loss, top-k mass, entropy, answers, gradient norm, the watch), alarms marked; returns the Figure."
+    import matplotlib.pyplot as plt
+    fig,ax = plt.subplots(2, 3, figsize=(13, 6.4))
+    ax = ax.ravel()
+    st,col = [m["step"] for m in history],lambda k: [m.get(k, float("nan")) for m in history]
+    ax[0].plot(st, col("loss"), marker="."); ax[0].set(xlabel="step", ylabel="per token", title="Loss (gradient norm dotted)")
+    g = ax[0].twinx(); g.plot(st, col("grad_norm"), color="C2", ls=":")
+    ax[1].plot(st, col("topk_mass"), label="student"); ax[1].plot(st, col("teacher_topk_mass"), label="teacher")
+    ax[1].set(xlabel="step", title="Mass on the student's top-k", ylim=(0, 1.05)); ax[1].legend(loc="lower left")
+    ax[2].plot(st, col("entropy"), color="C4"); ax[2].set(xlabel="step", ylabel="nats", title="Student entropy")
+    ax[3].plot(st, col("answer_tokens"), marker=".", label="answer tokens"); ax[3].set(xlabel="step", ylabel="tokens", title="Answers")
+    t = ax[3].twinx(); t.plot(st, col("eos_share"), color="C1", ls="--", label="ended with EOS"); t.plot(st, col("distinct_2"), color="C2", ls=":", label="distinct-2")
+    t.set_ylim(0, 1.05); ax[3].legend(loc="upper left", fontsize=8); t.legend(loc="lower right", fontsize=8)
+    _plot_watch(ax[4], ax[5], history)
+    for m in history:
+        for a in m.get("alarms", []):
+            for x in ax: x.axvline(a["step"], color="red", ls="--", lw=1)
+            ax[0].annotate(a["alarm"], (a["step"], ax[0].get_ylim()[1]), color="red", fontsize=8, rotation=90, va="top")
+    fig.tight_layout()
+    return fig
+
+def _plot_watch(a, b, history):
+    kl = [(m["step"], m["heldout_kl"]) for m in history if "heldout_kl" in m]
+    if history and "heldout_kl_start" in history[0]: kl = [(0, history[0]["heldout_kl_start"])] + kl
+    if kl: a.plot(*zip(*kl), marker="o", color="C3")
+    a.set(xlabel="step", title="Held-out policy KL (watch)")
+    ref = [(m["step"], m["benign_refusal"]["rate"], m["oracle_benign_refusal"]["rate"]) for m in history if m.get("benign_refusal")]
+    if ref:
+        x,r,o = zip(*ref)
+        b.plot(x, r, marker="o", label="student"); b.plot(x, o, ls="--", color="k", label="oracle"); b.legend(fontsize=8)
+    b.set(xlabel="step", title="Benign refusal (watch)", ylim=(-0.05, 1.05))
