@@ -343,7 +343,7 @@ def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=N
     ckpt = run_file(out_dir, "checkpoints")
     start,history = load_checkpoint(model, opt, sched, ckpt, scaler) if (ckpt and resume) else (0, [])
     if start: log.info(f"distill: resuming from step {start} ({ckpt})")
-    prefix,main,w = PolicyPrefix(prompter) if cfg.prefix_cache else None,_rank() == 0,Watch(model, tok, policy, watch, cfg)
+    prefix,main,w = PolicyPrefix(prompter) if cfg.prefix_cache else None,_rank() == 0,Watch(tok, policy, watch, cfg)
     base = history[0] if history else watch_start(w, model)
     report,good,kept = Reporter(out_dir if main else None, cfg.report_to if main else (), asdict(cfg)),(start, _snapshot(model)),None
     for step in (bar := tqdm(range(start, cfg.steps), desc="distill", disable=not (progress and main), initial=start, total=cfg.steps)):

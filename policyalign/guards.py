@@ -54,7 +54,7 @@ def check_alarms(history:list[dict], cfg) -> list[dict]:
 # %% ../nbs/06a_guards.ipynb #554162ae
 class Watch:
     "The held-out measurements of a run: policy KL on harmful `rows`, refusal on benign ones (and the oracle's, once)."
-    def __init__(self, model, tok, policy:Policy, rows:list[dict], cfg):
+    def __init__(self, tok, policy:Policy, rows:list[dict], cfg):
         self.tok,self.policy,self.cfg = tok,policy,cfg
         kind = lambda r: r.get("kind", "harmful") if isinstance(r, dict) else "harmful"
         self.harmful = request_texts([r for r in rows or [] if kind(r) == "harmful"])[:cfg.watch_limit]

@@ -168,7 +168,7 @@ def run_stage(stage:str, cfg:PipelineConfig, policy:Policy, model, tok, out:Path
 
 def _seed_column(path):
     head = Path(path).read_text(encoding="utf-8", errors="replace")[:2000]
-    return next((c for c in ("goal", "request") if f'"{c}"' in head or c in head.splitlines()[0]), "instruction")
+    return next((c for c in ("goal", "request") if c in head), "instruction")
 
 # %% ../nbs/09_pipeline.ipynb #cf16df4a
 def _gate(cfg:PipelineConfig, state:dict, todo:list):
