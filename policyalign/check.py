@@ -8,7 +8,7 @@ import contextlib, statistics
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, StageResult, check_fields, get_logger, request_texts, run_file, write_json
+from .core import PolicyAlignError, StageResult, check_fields, get_logger, request_texts, run_file, write_data_card, write_json
 from .models import eval_mode, generate, model_name
 from .policy import Policy, Prompter
 from .refusal import answer_kind, prescribed_responses
@@ -185,7 +185,7 @@ def oracle_check(model, tok, policy:Policy, rows:list[dict]|None=None, cfg:Check
     for r,w,wo in zip(rows, kinds[("greedy", True)], kinds[("greedy", False)]): r["greedy_with"],r["greedy_without"] = w[0],wo[0]
     report = dict(policy=policy.name, model=model_name(model, short=True), config=asdict(cfg), overall=overall,
                   rules=_rule_rows(policy, rows, harm, kinds, kl, cfg), notes=_notes(overall), advice=ADVICE[overall["verdict"]], requests=rows)
-    if out_dir is not None: write_json(path := run_file(out_dir, "check"), report)
+    if out_dir is not None: write_json(path := run_file(out_dir, "check"), report); write_data_card(out_dir)
     summary = dict(verdict=overall["verdict"], refusal_gain=overall["harmful"]["gain"]["mean"], policy_kl=overall["kl"]["mean"])
     return CheckResult(rows, summary, {"check": path} if out_dir is not None else {}, report)
 

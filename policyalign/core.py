@@ -10,9 +10,9 @@ from pathlib import Path
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'PolicyAlignError', 'get_logger', 'atomic_write', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl',
-           'JsonlCache', 'StageResult', 'request_texts', 'check_fields', 'run_file', 'set_seed', 'stable_hash',
-           'cache_dir']
+__all__ = ['RUN_FILES', 'DATA_CARD', 'PolicyAlignError', 'get_logger', 'atomic_write', 'write_json', 'read_json', 'write_jsonl',
+           'read_jsonl', 'JsonlCache', 'StageResult', 'request_texts', 'check_fields', 'run_file', 'write_data_card',
+           'set_seed', 'stable_hash', 'cache_dir']
 
 # %% ../nbs/00_core.ipynb #7e60d25d
 class PolicyAlignError(Exception):
@@ -125,6 +125,7 @@ def _load(self:JsonlCache):
         except (ValueError, KeyError, TypeError): bad += 1
     if bad: get_logger().warning(f"ignoring {bad} damaged line(s) in {self.path}")
     if len(whole) < len(raw):
+        get_logger().warning(f"dropping a record cut off mid-write at the end of {self.path} (a process stopped while writing it)")
         with open(self.path, "r+b") as f: f.truncate(len(whole))
 
 # %% ../nbs/00_core.ipynb #0f8a28a7
@@ -168,6 +169,7 @@ RUN_FILES = {
     "distillation": dict(checkpoints="checkpoints", metrics="metrics.jsonl", adapter="adapter", training_png="training.png", tensorboard="tensorboard"),
     "evaluation": dict(eval="eval.json", answers="answers.jsonl", eval_png="eval.png", mechanism_png="mechanism.png",
                        groups_png="groups_{suite}.png"),
+    "every stage that writes requests": dict(data_card="DATA_CARD.md"),
 }
 
 def run_file(out_dir, name:str, **fmt) -> Path|None:
@@ -176,6 +178,43 @@ def run_file(out_dir, name:str, **fmt) -> Path|None:
     files = {k: v for d in RUN_FILES.values() for k,v in d.items()}
     if name not in files: raise KeyError(f"{name!r} is not a run-folder artifact; known: {sorted(files)}")
     return Path(out_dir)/files[name].format(**fmt)
+
+# %% ../nbs/00_core.ipynb #7cca4d84
+DATA_CARD = """# About the data in this folder
+
+This folder was written by policyalign (https://github.com/policyalign/policyalign) while aligning a language model to a
+safety policy. Some of its files hold **requests that ask for harmful things**, made on purpose: written by a language
+model asked to role-play users who break the policy, or composed from the policy's own words. Some hold a model's
+**answers** to such requests, which may comply with them.
+
+| file | what it holds |
+|---|---|
+| `check.json` | the oracle check's probe requests (composed from the policy's rules) and verdicts |
+| `synthesis.jsonl`, `heldout.jsonl` | the synthesized requests, each with the rule, tactic, generator and seed that made it |
+| `scores.jsonl`, `filtered.jsonl` | the same requests with their policy-sensitivity scores; the ones kept for training |
+| `answers.jsonl` | the models' answers to the evaluation requests, with the judges' verdicts |
+| `verl/` | the training requests exported for verl, when `policyalign export-verl` was run |
+
+`config.json` records the policy, the model and the generator settings that produced them.
+
+## What they are
+
+Research data for safety training and evaluation, made without supervision. They are not vetted: a small generator writes
+many requests that are not requests at all, and the harmful ones are there to be refused. They are not instructions to
+follow, and no claim is made that they are complete, realistic or balanced.
+
+## How to handle them
+
+- Keep them inside the run folder, with the people doing this work, under your organisation's rules for harmful content.
+- Do not publish them, paste them into documentation, issues, papers or model cards, or train a model to *answer* them.
+- Share results through `report.md`, `eval.json` and the figures: they hold rates and scores, no request text.
+- Delete the folder when the work is done; `adapter/` alone holds no request text.
+"""
+
+def write_data_card(out_dir):
+    "Put `DATA_CARD.md` into run folder `out_dir` unless it is there already (no folder: nothing)."
+    if out_dir is None or (path := run_file(out_dir, "data_card")).exists(): return
+    with atomic_write(path) as f: f.write(DATA_CARD)
 
 # %% ../nbs/00_core.ipynb #0780f635
 def set_seed(seed:int):

@@ -364,8 +364,15 @@ def save_adapter(model, path) -> Path:
     path = Path(path); tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, selected_adapters=["default"], safe_serialization=True)
+    _sort_target_modules(tmp/"adapter_config.json")
     shutil.rmtree(path, ignore_errors=True); os.replace(tmp, path)
     return path
+
+def _sort_target_modules(config_path:Path):
+    "PEFT writes `target_modules` from a set, in an order that changes from one process to the next; sort it, so the same adapter is the same bytes."
+    cfg = json.loads(config_path.read_text())
+    if isinstance(cfg.get("target_modules"), list): cfg["target_modules"] = sorted(cfg["target_modules"])
+    config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 def load_adapter(base_model, path, trainable:bool=False):
     "Attach a saved adapter to a base model (not PEFT-wrapped)."

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, run_file, set_seed, stable_hash, write_json, write_jsonl
+from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, run_file, set_seed, stable_hash, write_data_card, write_json, write_jsonl
 from .policy import Policy, Prompter
 from .suites import *
 from .judges import *
@@ -322,6 +322,7 @@ def _write_evaluation(out_dir, result:dict, items:list[dict]) -> dict:
     "Write eval.json, answers.jsonl and the PNG figures into `out_dir`; return their paths."
     if out_dir is None: return {}
     paths = {"eval": run_file(out_dir, "eval"), "answers": run_file(out_dir, "answers")}
+    write_data_card(out_dir)
     write_json(paths["eval"], result); write_jsonl(paths["answers"], items)
     try: paths["eval_png"] = save_figure(plot_eval(result), run_file(out_dir, "eval_png"))
     except ValueError as e: log.info(f"no eval figure: {e}")

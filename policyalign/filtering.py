@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
-from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_jsonl
+from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_jsonl
 from .models import fingerprint
 from .plots import save_figure
 from .policy import Policy, Prompter
@@ -188,6 +188,7 @@ def _filter_summary(scored, kept, cfg) -> dict:
 def _write_filtering(out_dir, scored, kept, cfg) -> dict:
     if out_dir is None: return {}
     paths = {n: run_file(out_dir, n) for n in ("scores", "filtered", "filtering_png")}
+    write_data_card(out_dir)
     write_jsonl(paths["scores"], scored); write_jsonl(paths["filtered"], kept)
     save_figure(plot_filtering(scored, cfg.score), paths["filtering_png"])
     return paths

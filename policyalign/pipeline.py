@@ -20,8 +20,9 @@ from .check import CheckConfig, check_markdown, oracle_check
 from .evaluation import EvalConfig, evaluate, report_markdown
 
 # %% auto #0
-__all__ = ['PRESETS', 'STAGES', 'STAGE_FUNCS', 'STAGE_CONFIGS', 'STAGE_INPUTS', 'PipelineConfig', 'config_from_dict',
-           'config_to_dict', 'stage_fingerprints', 'RunLock', 'stage_rows', 'run_stage', 'run', 'shows', 'write_report']
+__all__ = ['PRESETS', 'STAGES', 'STAGE_FUNCS', 'STAGE_CONFIGS', 'STAGE_INPUTS', 'STAGE_OUTPUTS', 'PipelineConfig',
+           'config_from_dict', 'config_to_dict', 'stage_fingerprints', 'RunLock', 'stage_rows', 'run_stage',
+           'output_checksums', 'verify_outputs', 'run', 'shows', 'write_report']
 
 # %% ../nbs/09_pipeline.ipynb #94769712
 log = get_logger(__name__)
@@ -155,6 +156,8 @@ def __enter__(self:RunLock):
 STAGE_FUNCS = dict(check=oracle_check, synthesis=synthesize, filtering=filter_requests, distillation=distill, evaluation=evaluate)
 STAGE_CONFIGS = dict(check="check", synthesis="synth", filtering="filter", distillation="distill", evaluation="eval")
 STAGE_INPUTS = dict(check=None, synthesis=None, filtering="synthesis", distillation="filtered", evaluation="heldout")
+STAGE_OUTPUTS = dict(check=("check",), synthesis=("synthesis", "heldout", "synthesis_stats"), filtering=("scores", "filtered"),
+                     distillation=("metrics", "adapter"), evaluation=("eval", "answers"))
 
 def stage_rows(stage:str, cfg:PipelineConfig, policy:Policy, out:Path) -> list[dict]|None:
     "The rows `stage` takes: the artifact named in `STAGE_INPUTS`, or for synthesis the seed file's requests."
@@ -200,16 +203,46 @@ def _restore_adapter(model, out):
     set_peft_model_state_dict(model, load_file(str(run_file(out, "adapter")/"adapter_model.safetensors")))
 
 # %% ../nbs/09_pipeline.ipynb #0a01bf7f
+def _sha256(path:Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
+def output_checksums(out:Path, stage:str) -> dict[str, str]:
+    "SHA-256 of every file in `stage`'s outputs (a folder's files one by one), keyed by path in the run folder."
+    paths = [run_file(out, name) for name in STAGE_OUTPUTS[stage]]
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else []) if f.is_file())
+    return {f.relative_to(out).as_posix(): _sha256(f) for f in files}
+
+# %% ../nbs/09_pipeline.ipynb #8c6af1b4
+def _damage(out, stage, recorded:dict) -> str|None:
+    "What is wrong with `stage`'s files against the checksums `recorded` when it finished (None: intact)."
+    now = output_checksums(out, stage)
+    for f,h in recorded.items():
+        if f not in now: return f"{f} is missing"
+        if now[f] != h: return f"{f} changed since the stage finished"
+
+def verify_outputs(out:Path, state:dict) -> dict:
+    "`state` without the stages whose files are missing or changed, and without every stage after the first such one."
+    for s in STAGES:
+        if s in state and "checksums" in state[s] and (why := _damage(out, s, state[s]["checksums"])):
+            redo = (s,) if s == "check" else STAGES[STAGES.index(s):]
+            log.warning(f"stage {s!r}: {why}; recomputing {', '.join(x for x in redo if x in state)}")
+            state = {k: v for k,v in state.items() if k not in redo}
+    return state
+
+# %% ../nbs/09_pipeline.ipynb #83e72f28
 def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, model_and_tok=None) -> dict:
     "Run (or resume) the pipeline in `out_dir`; returns the per-stage summaries."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(cfg.policy)
     fps = stage_fingerprints(cfg, policy)
     with RunLock(out):
-        state = _check_changes(_load_state(out), fps, restart_from)
+        state = verify_outputs(out, _check_changes(_load_state(out), fps, restart_from))
         todo = [s for s in STAGES if s in stages and s not in state]
         _record_start(out, cfg, policy, fps, _set_runtime(cfg), todo)
-        if restart_from == "distillation" or "distillation" not in state: _clear_checkpoints_if_stale(out, fps)
         if not todo: log.info(f"every stage is already done in {out}")
         set_seed(cfg.seed)   # the adapter's random initialisation depends on the seed only
         model,tok = (model_and_tok or load_model(cfg.model)) if todo else (None, None)
@@ -230,12 +263,13 @@ def _record_start(out, cfg, policy, fps, runtime, todo):
             f.write(json.dumps(dict(started=now, stages=todo, versions=meta["versions"], runtime=runtime)) + "\n")
 
 def _run_recorded(stage, cfg, policy, model, tok, out, state, todo, fingerprint):
-    "Run one stage and record its fingerprint and summary in stages.json (the check's gate comes before the first training-side stage)."
+    "Run one stage and record its fingerprint, summary and output checksums in stages.json (the check's gate comes before the first training-side stage)."
     if stage == next((x for x in todo if x != "check"), None): _gate(cfg, state, todo)
+    if stage == "distillation": _clear_checkpoints_if_stale(out, _checkpoint_key(out, fingerprint))
     t0 = time.perf_counter()
     summary = run_stage(stage, cfg, policy, model, tok, out).summary
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    state[stage] = dict(fingerprint=fingerprint, summary=summary)
+    state[stage] = dict(fingerprint=fingerprint, summary=summary, checksums=output_checksums(out, stage))
     write_json(run_file(out, "stages"), state)
     log.info(f"{stage}: " + ", ".join(f"{k}={_short(v)}" for k,v in summary.items()))
 
@@ -262,14 +296,19 @@ def _versions():
                 python=platform.python_version())
 
 # %% ../nbs/09_pipeline.ipynb #1aaa1d66
-def _clear_checkpoints_if_stale(out, fps):
-    "Distillation checkpoints made under other settings must not be resumed."
+def _checkpoint_key(out, fingerprint:str) -> str:
+    "What distillation checkpoints must match to be resumed: the stage's settings and the exact rows it trains and watches on."
+    return stable_hash(fingerprint, *(_sha256(run_file(out, n)) for n in ("filtered", "heldout")))
+
+def _clear_checkpoints_if_stale(out, key:str):
+    "Distillation checkpoints made under other settings, or on other rows, must not be resumed."
     ckpt,marker = run_file(out, "checkpoints"),run_file(out, "checkpoints_fingerprint")
-    if ckpt.exists() and (not marker.exists() or marker.read_text() != fps["distillation"]):
+    stale = not marker.exists() or marker.read_text() != key
+    if ckpt.exists() and stale:
         import shutil; shutil.rmtree(ckpt)
     ckpt.mkdir(parents=True, exist_ok=True)
-    if not marker.exists() or marker.read_text() != fps["distillation"]:
-        with atomic_write(marker) as f: f.write(fps["distillation"])
+    if stale:
+        with atomic_write(marker) as f: f.write(key)
 
 # %% ../nbs/09_pipeline.ipynb #d70dc1ff
 def shows(check:dict|None, ev:dict|None) -> str:

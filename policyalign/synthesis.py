@@ -8,7 +8,7 @@ import json, os, re, warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from .core import PolicyAlignError, StageResult, check_fields, get_logger, request_texts, run_file, stable_hash, write_json, write_jsonl
+from .core import PolicyAlignError, StageResult, check_fields, get_logger, request_texts, run_file, stable_hash, write_data_card, write_json, write_jsonl
 from .policy import Policy, Rule, load_policy
 from .refusal import is_refusal
 from .compose import BENIGN_TACTIC, TACTICS, compose_requests, request_problem
@@ -301,6 +301,7 @@ def _synthesis_summary(train, held) -> dict:
 def _write_synthesis(out_dir, train, held, stats) -> dict:
     if out_dir is None: return {}
     paths = {n: run_file(out_dir, n) for n in ("synthesis", "heldout", "synthesis_stats")}
+    write_data_card(out_dir)
     write_jsonl(paths["synthesis"], train); write_jsonl(paths["heldout"], held); write_json(paths["synthesis_stats"], stats)
     return paths
 

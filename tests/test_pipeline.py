@@ -1,12 +1,12 @@
 "End to end: the CLI runs every stage on a tiny local model, resumes, and refuses to mix changed settings."
-import json, os, signal, subprocess, sys, time
+import json
 from pathlib import Path
 import pytest
 from conftest import run_cli, TINY_SETS, ROOT
 
 ARTIFACTS = ["config.json", "stages.json", "check.json", "synthesis.jsonl", "heldout.jsonl", "scores.jsonl", "filtered.jsonl", "filtering.png",
              "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "metrics.jsonl", "training.png",
-             "eval.json", "report.md", "eval.png"]
+             "eval.json", "report.md", "eval.png", "DATA_CARD.md"]
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir, tmp_path_factory):
@@ -78,37 +78,3 @@ def test_export_verl(finished_run):
     assert {"prompt", "data_source", "teacher_prompt"} <= set(ds.column_names)
     assert ds[0]["prompt"][0]["role"] == "user" and ds[0]["teacher_prompt"][0]["role"] == "system"
     assert len(ds) == len((out/"filtered.jsonl").read_text().splitlines())
-
-def _wait_for(path, proc, timeout=600):
-    t = time.time()
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.time() - t < timeout
-        time.sleep(0.2)
-
-def test_kill_in_distillation_then_resume_gives_same_adapter(tiny_model_dir, tmp_path, finished_run):
-    """SIGKILL after the first distillation checkpoint; the rerun ends with the adapter of an uninterrupted run.
-    Byte equality holds because both runs fix their thread count (`threads=1` in TINY_SETS, recorded in config.json):
-    with different thread counts torch reduces in a different order and the last bits of the loss differ."""
-    ref,_ = finished_run
-    out = tmp_path/"killed"
-    args = ["run", "--model", tiny_model_dir, "--out", out, *TINY_SETS]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from policyalign.cli import main; sys.exit(main(sys.argv[1:]))", *map(str, args)],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(out/"checkpoints"/"step-000002"/"state.json", p)
-    p.send_signal(signal.SIGKILL); p.wait()
-    assert not (out/"adapter").exists()
-    config_at_kill = (out/"config.json").read_bytes()
-    r = run_cli(*args)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming from step 2" in r.stderr
-    for a in ("synthesis.jsonl", "scores.jsonl", "filtered.jsonl", "metrics.jsonl"):
-        if a == "metrics.jsonl":   # timings differ; every learned number must match
-            strip = lambda p: [{k: v for k,v in json.loads(l).items() if k not in ("seconds", "tokens_per_s")} for l in p.read_text().splitlines()]
-            assert strip(out/a) == strip(ref/a)
-        else: assert (out/a).read_bytes() == (ref/a).read_bytes(), a
-    assert (out/"adapter"/"adapter_model.safetensors").read_bytes() == (ref/"adapter"/"adapter_model.safetensors").read_bytes()
-    resumed = [json.loads(l) for l in (out/"resumes.jsonl").read_text().splitlines()]   # the resumption is logged; config.json kept
-    assert [x["stages"] for x in resumed] == [["distillation", "evaluation"]]
-    assert (out/"config.json").read_bytes() == config_at_kill

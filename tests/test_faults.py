@@ -1,0 +1,136 @@
+"""Nothing lost: a kill at any point, a damaged stage file or checkpoint, and a successful endpoint run's secrets.
+
+Each kill test SIGKILLs `policyalign run` at one point (`tests/faults.py` patches the point in), reruns the same
+command, and compares every file of the run folder with an uninterrupted run's. Only what a rerun cannot reproduce is
+taken out first: wall-clock timings (`seconds`, `tokens_per_s`, `started`) and the figure drawn from them.
+"""
+import json, os, re, shutil, signal, subprocess, sys
+import pytest
+from conftest import run_cli, TINY_SETS, ROOT
+
+TIMINGS = {"seconds", "tokens_per_s", "started"}
+NOT_COMPARED = {".lock", "resumes.jsonl"}   # the lock is gone after a run; only a resumed run has resumes.jsonl
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, tmp_path_factory):
+    "An uninterrupted run, with its own cache folder."
+    base = tmp_path_factory.mktemp("reference")
+    r = run_cli("run", "--model", tiny_model_dir, "--out", base/"run", *TINY_SETS, env=dict(POLICYALIGN_CACHE=str(base/"cache")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base/"run"
+
+
+def _untimed(x):
+    if isinstance(x, dict): return {k: _untimed(v) for k,v in x.items() if k not in TIMINGS}
+    if isinstance(x, list): return [_untimed(v) for v in x]
+    return x
+
+
+def _content(path):
+    "What a rerun must reproduce of one file: JSON without timings, the report without its seconds, other files' bytes."
+    if path.name == "stages.json":   # the files are compared themselves; metrics.jsonl's checksum covers its timings
+        return {k: {f: v for f,v in x.items() if f != "checksums"} for k,x in _untimed(json.loads(path.read_text())).items()}
+    if path.suffix == ".json": return _untimed(json.loads(path.read_text()))
+    if path.suffix == ".jsonl": return [_untimed(json.loads(l)) for l in path.read_text().splitlines()]
+    if path.name == "report.md": return re.sub(r"seconds = [\d.]+", "seconds", path.read_text())
+    return path.read_bytes()
+
+
+def run_folder(out) -> dict:
+    return {p.relative_to(out).as_posix(): _content(p) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in NOT_COMPARED and p.name != "training.png"}   # training.png plots tokens/s
+
+
+def _diff(a:dict, b:dict) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+POINTS = ["after:check", "inside:synthesis", "after:synthesis", "inside:filtering", "after:filtering",
+          "inside:distillation", "after:distillation", "inside:evaluation"]
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_anywhere_then_rerun_gives_the_uninterrupted_run(point, reference, tiny_model_dir, tmp_path):
+    out,env = tmp_path/"run",dict(POLICYALIGN_CACHE=str(tmp_path/"cache"))
+    args = ["run", "--model", tiny_model_dir, "--out", out, *TINY_SETS]
+    killed = _kill_at(point, args, env)
+    assert killed.returncode == -signal.SIGKILL, f"never reached {point}: {killed.stderr[-2000:]}"
+    config_at_kill = (out/"config.json").read_bytes()
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _diff(run_folder(out), run_folder(reference)) == []
+    assert (out/"config.json").read_bytes() == config_at_kill           # provenance kept; the resumption is logged apart
+    stages = [json.loads(l)["stages"] for l in (out/"resumes.jsonl").read_text().splitlines()]
+    done_before = {"after:check": 1, "inside:synthesis": 1, "after:synthesis": 2, "inside:filtering": 2, "after:filtering": 3,
+                   "inside:distillation": 3, "after:distillation": 4, "inside:evaluation": 4}[point]
+    assert stages == [["check", "synthesis", "filtering", "distillation", "evaluation"][done_before:]]
+    if point == "inside:distillation": assert "resuming from step 2" in r.stderr
+    if point in ("inside:filtering", "inside:evaluation"): assert "cut off mid-write" in r.stderr   # the torn record
+
+
+def _copy(reference, tmp_path):
+    shutil.copytree(reference, tmp_path/"run")
+    return tmp_path/"run"
+
+
+@pytest.mark.parametrize("damage,redone", [
+    ("truncate scores.jsonl", ["filtering", "distillation", "evaluation"]),
+    ("delete adapter/adapter_model.safetensors", ["distillation", "evaluation"]),
+    ("truncate check.json", ["check"])])
+def test_damaged_stage_file_is_recomputed_with_what_follows(damage, redone, reference, tmp_path):
+    out = _copy(reference, tmp_path)
+    how,name = damage.split(" ")
+    if how == "delete": (out/name).unlink()
+    else: (out/name).write_bytes((out/name).read_bytes()[:40])
+    r = run_cli("run", "--out", out, env=dict(POLICYALIGN_CACHE=str(tmp_path/"cache")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{name} {'is missing' if how == 'delete' else 'changed since the stage finished'}" in r.stderr
+    assert f"recomputing {', '.join(redone)}" in r.stderr
+    assert [json.loads(l)["stages"] for l in (out/"resumes.jsonl").read_text().splitlines()] == [redone]
+    assert _diff(run_folder(out), run_folder(reference)) == []
+
+
+def _kill_at(point, args, env):
+    return subprocess.run([sys.executable, str(ROOT/"tests"/"faults.py"), point, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", **env})
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, tiny_model_dir, tmp_path):
+    "Killed right after the last checkpoint (step 4), whose weights are then cut short: the rerun resumes from step 2."
+    out,env = tmp_path/"run",dict(POLICYALIGN_CACHE=str(tmp_path/"cache"))
+    args = ["run", "--model", tiny_model_dir, "--out", out, *TINY_SETS]
+    assert _kill_at("inside:distillation:2", args, env).returncode == -signal.SIGKILL
+    newest = sorted((out/"checkpoints").glob("step-*"))[-1]
+    assert newest.name == "step-000004" and not (out/"adapter").exists()
+    for f in newest.glob("*.safetensors"): f.write_bytes(f.read_bytes()[:100])
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "step-000004 is damaged" in r.stderr and "resuming from step 2" in r.stderr
+    assert _diff(run_folder(out), run_folder(reference)) == []
+
+
+def test_successful_endpoint_run_leaves_no_trace_of_the_key(tiny_model_dir, tmp_path):
+    from policyalign.testing import ChatServer
+    key = "sk-test-KEEP-OUT-4711"
+    class Writer:
+        "An endpoint that writes two requests about the rule in each prompt."
+        name = "writer"
+        def complete(self, convs, temperature=0.8, max_tokens=256, seed=None):
+            out = []
+            for c in convs:
+                title = re.search(r"rule:\s+(.*?):", c[-1]["content"])[1].lower()                   # the rule is 'Title: text'
+                how = m[1] if (m := re.search(r"Each message (.*?)\. Make", c[-1]["content"])) else "is a plain question"
+                out.append(f"1. Can you help me with {title}? My message {how}.\n2. Please explain {title} to me, in a message that {how}.")
+            return out
+    cache = tmp_path/"cache"
+    with ChatServer(Writer()) as srv:
+        r = run_cli("run", "--out", tmp_path/"run", "--model", tiny_model_dir, *TINY_SETS, "--generator-url", srv.url,
+                    "--generator-model", "m", env=dict(OPENAI_API_KEY=key, POLICYALIGN_CACHE=str(cache)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert srv.saw_auth and srv.requests > 0                             # the key was used ...
+    rows = [json.loads(l) for l in (tmp_path/"run"/"synthesis.jsonl").read_text().splitlines()]
+    assert any(x["generator"] != "policy-text" for x in rows)            # ... and the endpoint's requests were kept
+    assert key not in r.stdout + r.stderr
+    files = [f for d in (tmp_path/"run", cache) for f in d.rglob("*") if f.is_file()]
+    assert len(files) > 10 and not [f for f in files if key.encode() in f.read_bytes()]
+    assert (tmp_path/"run"/"DATA_CARD.md").read_text().startswith("# About the data in this folder")
