@@ -43,6 +43,44 @@ def machine(device: str = "cpu") -> str:
     return f"{hw}, torch {torch.__version__}"
 
 
+def commit() -> str:
+    "The git commit the benchmark runs on (`-dirty`: with uncommitted changes)."
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=here)
+    return r.stdout.strip() or "unknown"
+
+
+def add_output_arguments(ap, name: str):
+    "`--toy` (seconds, at toy size, no results file: CI's check that the script still runs) and `--out`."
+    ap.add_argument("--toy", action="store_true", help="run at toy size in seconds and write no results file (CI runs this)")
+    ap.add_argument("--out", default=None, help=f"results file (default: bench/results/{name}.txt; none with --toy)")
+
+
+class _Tee:
+    def __init__(self, stream): self.stream, self.lines = stream, []
+    def write(self, x): self.lines.append(x); return self.stream.write(x)
+    def flush(self): self.stream.flush()
+
+
+def begin(args, name: str, device: str = "cpu", threads: int = 0):
+    "Print the header (command, commit, machine, load) and keep everything printed after it for `finish`."
+    sys.stdout = _Tee(sys.stdout)
+    print(f"# bench/{name}.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"commit {commit()}; machine: {setup(device, threads)}; load average at start: {load()}", flush=True)
+
+
+def finish(args, name: str, ratio: str):
+    "Print the load at the end and the machine-readable last line; write the output to the results file (not with --toy)."
+    from pathlib import Path
+    print(f"load average at end: {load()}")
+    print(f"ratio {ratio}", flush=True)
+    out = args.out or (None if args.toy else Path(__file__).parent/"results"/f"{name}.txt")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text("".join(sys.stdout.lines))
+
+
 def load() -> str:
     "The 1/5/15-minute load averages (as `uptime` prints them)."
     try: return " ".join(open("/proc/loadavg").read().split()[:3])

@@ -18,6 +18,7 @@ not a test: it prints figures and writes bench/results/collapse.txt (and, with -
     python bench/collapse.py                         # about 35 minutes on 2 CPU cores
     python bench/collapse.py --steps 12 --runs default
     python bench/collapse.py --runs brief --out bench/results/collapse-brief.txt
+    python bench/collapse.py --toy                   # seconds, at toy size, no results file (CI)
 """
 import argparse, subprocess, sys, time, warnings
 from pathlib import Path
@@ -117,7 +118,12 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--out", default=str(Path(__file__).parent/"results"/"collapse.txt"))
     ap.add_argument("--figure", default=None, help="also save the reference-vs-default figure here (PNG)")
+    ap.add_argument("--toy", action="store_true", help="run at toy size in seconds and write no results file (CI runs this)")
     args = ap.parse_args()
+    if args.toy:
+        from _common import shape_model_dir
+        args.model, args.runs, args.steps, args.train, args.heldout, args.benign = shape_model_dir("toy"), ["reference", "default"], 2, 8, 2, 2
+        args.watch_every, args.max_new_tokens, args.out = 1, 4, None
     from peft import get_peft_model_state_dict
     from policyalign.models import load_model
     from _common import machine
@@ -133,10 +139,11 @@ def main():
         h,sec = run(name, model, tok, init, args)
         histories[name] = h
         lines = table(name, h, sec, args); print("\n".join(lines), flush=True); out += lines
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(out) + "\n")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(out) + "\n")
     if args.figure: figure({k: v for k,v in histories.items() if k in ("reference", "default")}, args.figure)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}" if args.out else "wrote no results file (--toy)")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ Differences that the TRL API does not let us remove (see bench/README.md):
   Trainer's logging/callback bookkeeping outside `training_step` is not timed.
 
 Prints the per-step times and peak memory of each side, then, last line: `ratio step_time=<x> peak_mem=<y>`
-(policyalign / TRL; medians). Run: `python bench/distill_vs_trl.py [--device cuda] [--answer-tokens 64] [--steps 5]`.
+(policyalign / TRL; medians). Run: `python bench/distill_vs_trl.py [--device cuda] [--answer-tokens 64] [--steps 5]`;
+`--toy`: seconds, at toy size (CI); without TRL installed, policyalign's side alone.
 """
 from __future__ import annotations
 import argparse, os, sys, tempfile, warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, load, add_shape_argument, load_bench_model, median, mib, setup, stable_malloc, timed
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, mib, stable_malloc, timed
 
 
 def policyalign_side(args, policy):
@@ -97,10 +98,13 @@ def main():
                     help="policyalign divergence; topk_reverse_kl_renorm is TRL's topk_logits objective with add_tail=False")
     ap.add_argument("--no-prefix-cache", action="store_true")
     ap.add_argument("--no-trl", action="store_true", help="only run policyalign's side")
+    add_output_arguments(ap, "distill_vs_trl")
     args = ap.parse_args()
+    if args.toy: args.shape, args.answer_tokens, args.steps, args.warmup = "toy", 4, 1, 0
     if args.device == "cpu": stable_malloc()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")
+    name = "distill_vs_trl" if args.answer_tokens == 64 else f"distill_vs_trl-{args.answer_tokens}"
+    begin(args, name, args.device, args.threads)
     from policyalign.policy import load_policy
     policy = load_policy(args.policy)
 
@@ -124,12 +128,12 @@ def main():
     for name in sides:
         print(f"{name}: median step {median(times[name]):.2f} s, median peak +{mib(median(peaks[name]))} "
               f"({args.steps} steps, {len(REQUESTS)} requests x {args.answer_tokens} answer tokens)")
-    print(f"load average at end: {load()}")
     if "trl" in sides:
         pairs = [a / b for a, b in zip(times["policyalign"], times["trl"])]
         print(f"per-pair time ratios: {' '.join(f'{r:.2f}' for r in pairs)}")
-        print(f"ratio step_time={median(times['policyalign']) / median(times['trl']):.3f} "
-              f"peak_mem={median(peaks['policyalign']) / median(peaks['trl']):.3f}")
+        finish(args, name, f"step_time={median(times['policyalign']) / median(times['trl']):.3f} "
+                           f"peak_mem={median(peaks['policyalign']) / median(peaks['trl']):.3f}")
+    else: finish(args, name, f"step_time=n/a (TRL not run) policyalign_seconds={median(times['policyalign']):.3f}")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ the teacher hidden states `(n, d)`, the sampled tokens and the frozen output-hea
 Each variant runs in its own fresh subprocess, so neither inherits the other's freed-but-cached memory. On CPU the
 figure is the growth of the resident set's high-water mark (`VmHWM`, reset after the inputs exist); on CUDA it is
 `torch.cuda.max_memory_allocated()` above the inputs. The two losses are also compared (they must agree).
-Last line: `ratio peak_mem=<chunked/naive>`. Run: `python bench/loss_memory.py [--device cuda] [--batch 8] [--shape qwen2.5-7b]`.
+Last line: `ratio peak_mem=<chunked/naive>`. Run: `python bench/loss_memory.py [--device cuda] [--batch 8] [--shape qwen2.5-7b]`;
+`--toy`: seconds, at toy size (CI).
 """
 from __future__ import annotations
 import argparse, json, os, subprocess, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import SHAPES, PeakMemory, bench_config, load, median, mib, setup
+from _common import SHAPES, PeakMemory, add_output_arguments, begin, bench_config, finish, load, mib, setup
 
 
 def run_variant(args):
@@ -58,13 +59,15 @@ def main():
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variant", choices=["chunked", "naive"], help=argparse.SUPPRESS)  # set in the subprocesses
+    add_output_arguments(ap, "loss_memory")
     args = ap.parse_args()
+    if args.toy: args.batch, args.answer_tokens, args.hidden, args.vocab, args.top_k, args.chunk = 2, 16, 64, 2048, 16, 8
     if args.shape:
         cfg = bench_config(args.shape)
         args.hidden, args.vocab = cfg.hidden_size, cfg.vocab_size
     if args.variant:
         setup(args.device, args.threads); return run_variant(args)
-    print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")
+    begin(args, "loss_memory", args.device, args.threads)
     n = args.batch * args.answer_tokens
     print(f"n = {args.batch} x {args.answer_tokens} = {n} positions, hidden {args.hidden}, vocabulary {args.vocab}, top-k {args.top_k}; "
           f"one float32 (n, V) tensor is {mib(n * args.vocab * 4)}")
@@ -80,8 +83,7 @@ def main():
     a, b = res["chunked"], res["naive"]
     print(f"loss relative difference {abs(a['loss'] - b['loss']) / max(abs(b['loss']), 1e-12):.1e}, "
           f"grad-norm relative difference {abs(a['grad_norm'] - b['grad_norm']) / max(b['grad_norm'], 1e-12):.1e}")
-    print(f"load average at end: {load()}")
-    print(f"ratio peak_mem={a['peak'] / b['peak']:.3f}")
+    finish(args, "loss_memory", f"peak_mem={a['peak'] / max(b['peak'], 1):.3f}")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,15 @@ tokens (fixed token slices of a plain paragraph, different lengths so the batch 
 teacher log-probabilities over the answer tokens agree (max abs difference, must be <= 1e-4).
 
 When the prefix does not match the prompts, `teacher_hidden` silently runs the uncached path; the script then says
-so and fails (exit status 1), since the figure would be meaningless. Last line: `ratio cached/uncached=<x>`.
+so and fails (exit status 1), since the figure would be meaningless. Last line: `ratio cached/uncached=<x>`;
+`--toy`: seconds, at toy size (CI).
 
 Run: `python bench/prefix_cache.py [--device cuda] [--answer-tokens 64] [--reps 3]`.
 """
 from __future__ import annotations
 import argparse, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, load, add_shape_argument, load_bench_model, median, setup, timed
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, timed
 
 TEXT = ("Thanks for asking. Here is a careful answer that stays general and safe. First, think about what you want "
         "to achieve and who could be affected. Second, check the official guidance that applies where you live, "
@@ -30,8 +31,10 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="measured uncached/cached pairs (after one warm-up pair)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--policy", default="general")
+    add_output_arguments(ap, "prefix_cache")
     args = ap.parse_args()
-    print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")
+    if args.toy: args.shape, args.answer_tokens, args.reps = "toy", 8, 1
+    begin(args, "prefix_cache", args.device, args.threads)
     import torch
     from policyalign.policy import Prompter, load_policy
     from policyalign.rollout import PolicyPrefix, lm_parts, pair_batch, teacher_hidden
@@ -70,10 +73,9 @@ def main():
             if i: times[name].append(dt)
     with torch.no_grad(): diff = (logp(outs["cached"]) - logp(outs["uncached"])).abs().max().item()
     print(f"max |teacher log-prob difference| cached vs uncached: {diff:.2e} ({'OK' if diff <= 1e-4 else 'TOO LARGE'}, limit 1e-4)")
-    print(f"load average at end: {load()}")
-    print(f"ratio cached/uncached={median(times['cached']) / median(times['uncached']):.3f} "
-          f"(median {median(times['cached']):.2f} s vs {median(times['uncached']):.2f} s)")
     if diff > 1e-4: raise SystemExit(1)
+    print(f"median {median(times['cached']):.2f} s cached vs {median(times['uncached']):.2f} s uncached")
+    finish(args, "prefix_cache", f"cached/uncached={median(times['cached']) / median(times['uncached']):.3f}")
 
 
 if __name__ == "__main__":

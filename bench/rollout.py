@@ -4,12 +4,13 @@ Both variants sample answers for the same 8 student prompts (no policy), tempera
 new tokens each (EOS suppressed with `min_new_tokens`, so both produce the same number of tokens). Throughput is
 answer tokens per second of wall time; the variants alternate A B A B. Then, if vLLM is importable and CUDA is
 available, the same prompts go through a vLLM engine (`--vllm`); otherwise a line says why that path is skipped.
-Last line: `ratio tokens_per_s batched/sequential=<x>`. Run: `python bench/rollout.py [--device cuda] [--answer-tokens 32]`.
+Last line: `ratio speedup=<x>` (batched over one-at-a-time tokens/s). Run: `python bench/rollout.py [--device cuda] [--answer-tokens 32]`;
+`--toy`: seconds, at toy size (CI).
 """
 from __future__ import annotations
 import argparse, importlib.util, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, load, add_shape_argument, load_bench_model, median, setup, shape_model_dir, timed
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, shape_model_dir, timed
 
 
 def vllm_path(args, prompts):
@@ -35,8 +36,10 @@ def main():
     ap.add_argument("--reps", type=int, default=2, help="measured A/B pairs after one warm-up pair")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vllm", action="store_true", help="also time a vLLM engine when vLLM and CUDA are present")
+    add_output_arguments(ap, "rollout")
     args = ap.parse_args()
-    print(f"machine: {setup(args.device, args.threads)}; load average at start: {load()}")
+    if args.toy: args.shape, args.answer_tokens, args.reps = "toy", 4, 1
+    begin(args, "rollout", args.device, args.threads)
     from policyalign.models import generate
     from policyalign.policy import Prompter, load_policy
     model, tok = load_bench_model(args.device, shape=args.shape)
@@ -52,9 +55,8 @@ def main():
             print(f"{'warm-up' if i == 0 else 'rep ' + str(i)}: {name:14s} {n} tokens in {dt:6.2f} s = {n / dt:6.1f} tokens/s  load {load()}", flush=True)
             if i: tps[name].append(n / dt)
     vllm_path(args, prompts)
-    print(f"load average at end: {load()}")
-    print(f"ratio tokens_per_s batched/sequential={median(tps['batched (8)']) / median(tps['one at a time']):.2f} "
-          f"({median(tps['batched (8)']):.1f} vs {median(tps['one at a time']):.1f} tokens/s)")
+    print(f"median tokens/s: batched {median(tps['batched (8)']):.1f}, one at a time {median(tps['one at a time']):.1f}")
+    finish(args, "rollout", f"speedup={median(tps['batched (8)']) / median(tps['one at a time']):.2f}")
 
 
 if __name__ == "__main__":
