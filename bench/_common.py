@@ -127,6 +127,33 @@ def timed(fn, device: str = "cpu"):
     return out, dt, pm.peak
 
 
+def time_parts(step_fn, patches, device: str = "cpu", rest: str = "student"):
+    """Run `step_fn()` with each `(owner, attribute, part)` in `patches` timed as that part (`part` may be a function
+    returning the name at call time); the time in no part is `rest`. Returns (result, total seconds, {part: seconds})."""
+    parts, saved = {}, []
+    def timer(fn, part):
+        def run(*a, **kw):
+            name = part() if callable(part) else part
+            sync(device); t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            sync(device); parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
+            return out
+        return run
+    for owner, attr, part in patches:
+        saved.append((owner, attr, owner.__dict__.get(attr)))
+        setattr(owner, attr, timer(getattr(owner, attr), part))
+    try:
+        sync(device); t0 = time.perf_counter()
+        out = step_fn()
+        sync(device); total = time.perf_counter() - t0
+    finally:
+        for owner, attr, fn in reversed(saved):
+            if fn is None: delattr(owner, attr)     # it was a bound method: drop the instance attribute
+            else: setattr(owner, attr, fn)
+    parts[rest] = total - sum(v for k, v in parts.items() if k != rest)
+    return out, total, parts
+
+
 def mib(x: float) -> str: return f"{x / 2**20:.0f} MiB"
 
 

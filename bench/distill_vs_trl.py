@@ -16,14 +16,17 @@ Differences that the TRL API does not let us remove (see bench/README.md):
   `training_step` (rollout, teacher prompt building, teacher forward, student forward+backward) + clip + AdamW step.
   Trainer's logging/callback bookkeeping outside `training_step` is not timed.
 
-Prints the per-step times and peak memory of each side, then, last line: `ratio step_time=<x> peak_mem=<y>`
+Each step is also split into rollout, teacher forward, optimiser step and the rest (the student's forward and backward,
+the loss, clipping): `_common.time_parts` times policyalign's `rollout`, `teacher_hidden` and `optimizer.step`, and
+TRL's `_generate`, its `_forward_logits` called without grad (the teacher) and `optimizer.step`.
+Prints the per-step times, parts and peak memory of each side, then, last line: `ratio step_time=<x> peak_mem=<y>`
 (policyalign / TRL; medians). Run: `python bench/distill_vs_trl.py [--device cuda] [--answer-tokens 64] [--steps 5]`;
 `--toy`: seconds, at toy size (CI); without TRL installed, policyalign's side alone.
 """
 from __future__ import annotations
 import argparse, os, sys, tempfile, warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, mib, stable_malloc, timed
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, mib, stable_malloc, time_parts, timed
 
 
 def policyalign_side(args, policy):
@@ -43,7 +46,8 @@ def policyalign_side(args, policy):
         m = distill_step(model, tok, prompter, REQUESTS, cfg, opt, sched, state["step"], prefix)
         state["step"] += 1
         return m
-    return step, state
+    import policyalign.distill as pd, policyalign.rollout as pr
+    return step, state, [(pd, "rollout", "rollout"), (pr, "teacher_hidden", "teacher"), (opt, "step", "optimiser")]
 
 
 def trl_side(args, policy):
@@ -81,7 +85,9 @@ def trl_side(args, policy):
         trainer.optimizer.step(); trainer.lr_scheduler.step(); trainer.optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
         return dict(loss=loss.item(), answer_tokens=trainer._metrics["train"]["completions/mean_length"][-1])
-    return step, state
+    teacher_or_student = lambda: "student" if torch.is_grad_enabled() else "teacher"   # the teacher's forward runs without grad
+    return step, state, [(trainer, "_generate", "rollout"), (trainer, "_forward_logits", teacher_or_student),
+                         (trainer.optimizer, "step", "optimiser")]
 
 
 def main():
@@ -114,17 +120,20 @@ def main():
         try: sides["trl"] = trl_side(args, policy)
         except ImportError as e: skip = f"TRL's SDFT trainer is not importable ({e}); pip install -e '.[bench]'"
     if skip: print(f"skipping TRL: {skip}")
-    for name, (_, st) in sides.items(): print(f"{name}: teacher prompt for request 0 = {st['teacher_len']} tokens; prefix cache: {st.get('prefix', 'n/a')}")
+    for name, (_, st, _) in sides.items(): print(f"{name}: teacher prompt for request 0 = {st['teacher_len']} tokens; prefix cache: {st.get('prefix', 'n/a')}")
 
-    times, peaks = {k: [] for k in sides}, {k: [] for k in sides}
+    times, peaks, parts = {k: [] for k in sides}, {k: [] for k in sides}, {k: [] for k in sides}
     for i in range(args.warmup + args.steps):
-        for name, (fn, _) in sides.items():          # A B A B ...
-            m, dt, peak = timed(fn, args.device)
+        for name, (fn, _, patches) in sides.items():          # A B A B ...
+            (m, _, part), dt, peak = timed(lambda: time_parts(fn, patches, args.device), args.device)
             tag = "warm-up" if i < args.warmup else "step"
             print(f"{tag} {i}: {name:11s} {dt:7.2f} s  peak +{mib(peak):>9s}  answer tokens {m['answer_tokens']:.0f}  "
-                  f"loss {m['loss']:.4f}  load {load()}", flush=True)
-            if i >= args.warmup: times[name].append(dt); peaks[name].append(peak)
+                  f"loss {m['loss']:.4f}  load {load()}  (" + ", ".join(f"{k} {v:.2f}" for k, v in part.items()) + ")", flush=True)
+            if i >= args.warmup: times[name].append(dt); peaks[name].append(peak); parts[name].append(part)
 
+    print("where a step's time goes (median seconds): " + "; ".join(f"{name}: " + ", ".join(
+        f"{k} {median([p[k] for p in parts[name]]):.2f}" for k in ("rollout", "teacher", "student", "optimiser")) for name in sides))
+    print("  (student: its forward and backward, the loss, clipping and the rest of the step)")
     for name in sides:
         print(f"{name}: median step {median(times[name]):.2f} s, median peak +{mib(median(peaks[name]))} "
               f"({args.steps} steps, {len(REQUESTS)} requests x {args.answer_tokens} answer tokens)")

@@ -4,7 +4,8 @@ Both variants sample answers for the same 8 student prompts (no policy), tempera
 new tokens each (EOS suppressed with `min_new_tokens`, so both produce the same number of tokens). Throughput is
 answer tokens per second of wall time; the variants alternate A B A B. Then, if vLLM is importable and CUDA is
 available, the same prompts go through a vLLM engine (`--vllm`); otherwise a line says why that path is skipped.
-Last line: `ratio speedup=<x>` (batched over one-at-a-time tokens/s). Run: `python bench/rollout.py [--device cuda] [--answer-tokens 32]`;
+`--batch-sizes 8,32` also times a batch of 32 prompts. Last line: `ratio speedup=<x> [speedup_32=<y>]` (batched over
+one-at-a-time tokens/s). Run: `python bench/rollout.py [--device cuda] [--answer-tokens 32]`;
 `--toy`: seconds, at toy size (CI).
 """
 from __future__ import annotations
@@ -34,29 +35,34 @@ def main():
     add_shape_argument(ap)
     ap.add_argument("--answer-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=2, help="measured A/B pairs after one warm-up pair")
+    ap.add_argument("--batch-sizes", default="8", help="comma-separated batch sizes to compare with one at a time; "
+                    "a batch of B samples B prompts (the 8 requests, repeated)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vllm", action="store_true", help="also time a vLLM engine when vLLM and CUDA are present")
     add_output_arguments(ap, "rollout")
     args = ap.parse_args()
-    if args.toy: args.shape, args.answer_tokens, args.reps = "toy", 4, 1
+    if args.toy: args.shape, args.answer_tokens, args.reps, args.batch_sizes = "toy", 4, 1, "8"
     begin(args, "rollout", args.device, args.threads)
     from policyalign.models import generate
     from policyalign.policy import Prompter, load_policy
     model, tok = load_bench_model(args.device, shape=args.shape)
     model.eval()
-    prompts = [Prompter(tok, load_policy("general")).student(r) for r in REQUESTS]
-    variants = {"batched (8)": 8, "one at a time": 1}
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    prompts = [Prompter(tok, load_policy("general")).student(r) for r in REQUESTS * (max(sizes) // len(REQUESTS) + 1)]
+    variants = {f"batched ({b})": b for b in sizes} | {"one at a time": 1}
     tps = {k: [] for k in variants}
     for i in range(1 + args.reps):
         for name, bs in variants.items():
-            g, dt, _ = timed(lambda: generate(model, tok, prompts, max_new_tokens=args.answer_tokens, temperature=1.0,
+            ps = prompts[:max(bs, len(REQUESTS))]          # one at a time: the 8 requests; a batch: as many prompts as it holds
+            g, dt, _ = timed(lambda: generate(model, tok, ps, max_new_tokens=args.answer_tokens, temperature=1.0,
                                               seed=i, batch_size=bs, min_new_tokens=args.answer_tokens), args.device)
             n = sum(map(len, g.answer_ids))
             print(f"{'warm-up' if i == 0 else 'rep ' + str(i)}: {name:14s} {n} tokens in {dt:6.2f} s = {n / dt:6.1f} tokens/s  load {load()}", flush=True)
             if i: tps[name].append(n / dt)
-    vllm_path(args, prompts)
-    print(f"median tokens/s: batched {median(tps['batched (8)']):.1f}, one at a time {median(tps['one at a time']):.1f}")
-    finish(args, "rollout", f"speedup={median(tps['batched (8)']) / median(tps['one at a time']):.2f}")
+    vllm_path(args, prompts[:len(REQUESTS)])
+    one = median(tps["one at a time"])
+    print("median tokens/s: " + ", ".join(f"{k} {median(v):.1f}" for k, v in tps.items()))
+    finish(args, "rollout", " ".join(f"speedup{'' if b == sizes[0] else '_' + str(b)}={median(tps[f'batched ({b})']) / one:.2f}" for b in sizes))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """How close each part of a distillation step comes to this machine's matmul throughput at that part's own shapes.
 
 `policyalign.distill.distill_step` runs on 8 requests with answers of exactly `--answer-tokens` tokens; each step is
-timed in four parts: rollout (the student samples), teacher (its forward pass), optimiser (AdamW), and the student's
-forward + backward (with the loss, clipping and the rest of the step). FLOP are counted from the model's config and
+timed in four parts (`_common.time_parts`): rollout (the student samples), teacher (its forward pass), optimiser
+(AdamW), and the student's forward + backward (with the loss, clipping and the rest of the step). FLOP are counted from the model's config and
 the step's real (unpadded) token counts, the useful work only (no padding, no recomputation):
 
     decoder   2 P_dec per token forward, P_dec = the decoder's linear weights (attention and MLP projections);
@@ -25,7 +25,7 @@ Last line: `ratio fraction_of_peak=<student part>`. Run: `python bench/roofline.
 from __future__ import annotations
 import argparse, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, sync
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, sync, time_parts
 
 
 def matmul_gflops(shape, device, repeats, cache={}):
@@ -84,24 +84,6 @@ def ideal_seconds(shapes, device, repeats):
     return sum(2 * M * K * N / (matmul_gflops((M, K, N), device, repeats) * 1e9) for M, K, N in shapes)
 
 
-def timed_parts(step_fn, opt):
-    "Run one step, timing the rollout, the teacher pass and the optimiser step; the student part is the rest."
-    import policyalign.distill as pd, policyalign.rollout as pr
-    parts = dict(rollout=0.0, teacher=0.0, optimiser=0.0)
-    def timer(fn, part):
-        def run(*a, **kw):
-            t0 = time.perf_counter(); out = fn(*a, **kw); parts[part] += time.perf_counter() - t0
-            return out
-        return run
-    saved = pd.rollout, pr.teacher_hidden, opt.step
-    pd.rollout, pr.teacher_hidden, opt.step = timer(pd.rollout, "rollout"), timer(pr.teacher_hidden, "teacher"), timer(opt.step, "optimiser")
-    try:
-        t0 = time.perf_counter(); m = step_fn(); total = time.perf_counter() - t0
-    finally: pd.rollout, pr.teacher_hidden, opt.step = saved
-    parts["student"] = total - sum(parts.values())
-    return m, total, parts
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -129,10 +111,11 @@ def main():
     prefix = None if args.no_prefix_cache else PolicyPrefix(pr)
     s_p, t_p = [pr.student(r) for r in REQUESTS], [pr.teacher(r) for r in REQUESTS]
     cached = prefix is not None and prefix.matches(t_p)
+    import policyalign.distill as pd, policyalign.rollout as prl
+    patches = [(pd, "rollout", "rollout"), (prl, "teacher_hidden", "teacher"), (opt, "step", "optimiser")]
     runs = []
     for i in range(1 + args.steps):
-        sync(args.device)
-        m, total, parts = timed_parts(lambda: distill_step(model, tok, pr, REQUESTS, cfg, opt, sched, i, prefix), opt)
+        m, total, parts = time_parts(lambda: distill_step(model, tok, pr, REQUESTS, cfg, opt, sched, i, prefix), patches, args.device)
         print(f"{'warm-up' if i == 0 else 'step'} {i}: {total:.2f} s = " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
               + f"; {m['answer_tokens']:.0f} answer tokens/request  load {load()}", flush=True)
         if i: runs.append(parts)
