@@ -109,8 +109,8 @@ def main():
     if args.toy: args.shape, args.answer_tokens, args.steps, args.warmup = "toy", 4, 1, 0
     if args.device == "cpu": stable_malloc()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    name = "distill_vs_trl" if args.answer_tokens == 64 else f"distill_vs_trl-{args.answer_tokens}"
-    begin(args, name, args.device, args.threads)
+    results = "distill_vs_trl" if args.answer_tokens == 64 else f"distill_vs_trl-{args.answer_tokens}"
+    begin(args, results, args.device, args.threads)
     from policyalign.policy import load_policy
     policy = load_policy(args.policy)
 
@@ -140,9 +140,9 @@ def main():
     if "trl" in sides:
         pairs = [a / b for a, b in zip(times["policyalign"], times["trl"])]
         print(f"per-pair time ratios: {' '.join(f'{r:.2f}' for r in pairs)}")
-        finish(args, name, f"step_time={median(times['policyalign']) / median(times['trl']):.3f} "
+        finish(args, results, f"step_time={median(times['policyalign']) / median(times['trl']):.3f} "
                            f"peak_mem={median(peaks['policyalign']) / median(peaks['trl']):.3f}")
-    else: finish(args, name, f"step_time=n/a (TRL not run) policyalign_seconds={median(times['policyalign']):.3f}")
+    else: finish(args, results, f"step_time=n/a (TRL not run) policyalign_seconds={median(times['policyalign']):.3f}")
 
 
 if __name__ == "__main__":

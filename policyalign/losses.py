@@ -99,10 +99,11 @@ def _chunk(s_h, t_h, tokens, weight, bias, divergence, top_k, beta, scale):
 def chunked_head_divergence(s_hidden, t_hidden, tokens, weight, bias=None, divergence:str="topk_tail_reverse_kl", top_k:int=256,
                             beta:float=0.5, chunk:int=1024, scale:float=1.0):
     "Per-token divergence from hidden states `(n, d)` through the output head (logits times `scale`), chunk by chunk; also the `(n, 5)` `STATS` of every token."
-    losses,stats = [],[]
-    for i in range(0, s_hidden.shape[0], chunk):
+    losses,stats,n = [],[],s_hidden.shape[0]
+    for i in range(0, n, chunk):
         args = (s_hidden[i:i+chunk], t_hidden[i:i+chunk], tokens[i:i+chunk], weight, bias, divergence, top_k, beta, scale)
-        l,s = checkpoint(_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk(*args)
+        recompute = torch.is_grad_enabled() and i + chunk < n   # the last chunk keeps its graph: backward frees it first
+        l,s = checkpoint(_chunk, *args, use_reentrant=False) if recompute else _chunk(*args)
         losses.append(l); stats.append(s)
     if not losses: return s_hidden.new_zeros(0), s_hidden.new_zeros(0, len(STATS))
     return torch.cat(losses),torch.cat(stats)

@@ -65,15 +65,18 @@ def test_full_vocabulary_divergences_are_non_negative(a, b):
 @SETTINGS
 @given(st.lists(st.tuples(st.floats(0, 5, allow_nan=False), st.sampled_from(["R1", "R2", "R3"]), st.booleans()), min_size=1, max_size=40),
        st.integers(1, 50))
-def test_selection_returns_exactly_the_requested_count(items, n):
+def test_selection_returns_the_requested_count_and_every_rule(items, n):
     rs = [dict(request=f"q{i}", kl=s, rule_id=r, kind="harmful" if h else "benign") for i,(s,r,h) in enumerate(items)]
     harmful = sum(r["kind"] == "harmful" for r in rs)
     if harmful == 0:
         with pytest.raises(PolicyAlignError): select_sensitive(rs, FilterConfig(top_n=n))
         return
-    sel = select_sensitive(rs, FilterConfig(top_n=n))
+    sel = select_sensitive(rs, FilterConfig(top_n=n, min_per_rule=0))        # ranked together: exactly the n best
     assert len(sel) == min(n, harmful) and all(r["kind"] == "harmful" for r in sel)
     assert min(r["kl"] for r in sel) >= max([r["kl"] for r in rs if r["kind"] == "harmful" and r not in sel], default=-1)
+    sel = select_sensitive(rs, FilterConfig(top_n=n))   # the default rule minimum (1) wins over top_n: no rule is starved
+    rules = {r["rule_id"] for r in rs if r["kind"] == "harmful"}
+    assert len(sel) == max(min(n, harmful), len(rules)) and {r["rule_id"] for r in sel} == rules
 
 # --- scores do not depend on batch size or padding ---------------------------------------------------------------
 @pytest.fixture(scope="module")
