@@ -66,7 +66,7 @@ class _Tee:
 def begin(args, name: str, device: str = "cpu", threads: int = 0):
     "Print the header (command, commit, machine, load) and keep everything printed after it for `finish`."
     sys.stdout = _Tee(sys.stdout)
-    print(f"# bench/{name}.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"# bench/{os.path.basename(sys.argv[0])} {' '.join(sys.argv[1:])}".rstrip())
     print(f"commit {commit()}; machine: {setup(device, threads)}; load average at start: {load()}", flush=True)
 
 
