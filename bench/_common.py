@@ -63,7 +63,12 @@ class _Tee:
     def flush(self): self.stream.flush()
 
 
-def begin(args, name: str, device: str = "cpu", threads: int = 0):
+def results_name(script: str, answer_tokens: int, default: int) -> str:
+    "The results file's name: the script's, with `-N` when the answer length is not the script's default."
+    return script if answer_tokens == default else f"{script}-{answer_tokens}"
+
+
+def begin(device: str = "cpu", threads: int = 0):
     "Print the header (command, commit, machine, load) and keep everything printed after it for `finish`."
     sys.stdout = _Tee(sys.stdout)
     print(f"# bench/{os.path.basename(sys.argv[0])} {' '.join(sys.argv[1:])}".rstrip())

@@ -20,7 +20,7 @@ not a test: it prints figures and writes bench/results/collapse.txt (and, with -
     python bench/collapse.py --runs brief --out bench/results/collapse-brief.txt
     python bench/collapse.py --toy                   # seconds, at toy size, no results file (CI)
 """
-import argparse, subprocess, sys, time, warnings
+import argparse, sys, time, warnings
 from pathlib import Path
 import torch
 
@@ -126,11 +126,10 @@ def main():
         args.watch_every, args.max_new_tokens, args.out = 1, 4, None
     from peft import get_peft_model_state_dict
     from policyalign.models import load_model
-    from _common import machine
+    from _common import commit, machine
     model,tok = load_model(args.model)
     init = {k: v.clone() for k,v in get_peft_model_state_dict(model).items()}
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
-    head = [f"# bench/collapse.py: {' '.join(sys.argv[1:]) or '(defaults)'}", f"commit {commit}; {machine()}",
+    head = [f"# bench/collapse.py: {' '.join(sys.argv[1:]) or '(defaults)'}", f"commit {commit()}; {machine()}",
             f"model {args.model}, {args.steps} steps of 8 requests; watch every "
             f"{args.watch_every} steps on {args.heldout} held-out AdvBench and {args.benign} XSTest-safe requests", ""]
     print("\n".join(head), flush=True)

@@ -26,7 +26,7 @@ Prints the per-step times, parts and peak memory of each side, then, last line: 
 from __future__ import annotations
 import argparse, os, sys, tempfile, warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, mib, stable_malloc, time_parts, timed
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, results_name, load, load_bench_model, median, mib, stable_malloc, time_parts, timed
 
 
 def policyalign_side(args, policy):
@@ -109,8 +109,8 @@ def main():
     if args.toy: args.shape, args.answer_tokens, args.steps, args.warmup = "toy", 4, 1, 0
     if args.device == "cpu": stable_malloc()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    results = "distill_vs_trl" if args.answer_tokens == 64 else f"distill_vs_trl-{args.answer_tokens}"
-    begin(args, results, args.device, args.threads)
+    results = results_name("distill_vs_trl", args.answer_tokens, 64)
+    begin(args.device, args.threads)
     from policyalign.policy import load_policy
     policy = load_policy(args.policy)
 

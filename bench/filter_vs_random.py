@@ -57,7 +57,7 @@ def main():
     add_output_arguments(ap, "filter_vs_random")
     a = ap.parse_args()
     if a.toy: a.model, a.pool, a.subset, a.heldout, a.steps, a.max_new_tokens, a.seeds = shape_model_dir("toy"), 4, 2, 2, 1, 4, 1
-    begin(a, "filter_vs_random", "cuda" if a.device == "cuda" else "cpu")
+    begin("cuda" if a.device == "cuda" else "cpu")
     from peft import get_peft_model_state_dict
     from policyalign.models import ModelConfig, load_model
     from policyalign.policy import load_policy

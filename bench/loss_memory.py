@@ -67,7 +67,7 @@ def main():
         args.hidden, args.vocab = cfg.hidden_size, cfg.vocab_size
     if args.variant:
         setup(args.device, args.threads); return run_variant(args)
-    begin(args, "loss_memory", args.device, args.threads)
+    begin(args.device, args.threads)
     n = args.batch * args.answer_tokens
     print(f"n = {args.batch} x {args.answer_tokens} = {n} positions, hidden {args.hidden}, vocabulary {args.vocab}, top-k {args.top_k}; "
           f"one float32 (n, V) tensor is {mib(n * args.vocab * 4)}")

@@ -18,7 +18,7 @@ Run: `python bench/prefix_cache.py [--device cuda] [--answer-tokens 64] [--reps 
 from __future__ import annotations
 import argparse, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, timed
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, results_name, load, load_bench_model, median, timed
 
 LIMIT = 5e-4   # max |log-prob difference| cached vs uncached
 
@@ -39,7 +39,7 @@ def main():
     add_output_arguments(ap, "prefix_cache")
     args = ap.parse_args()
     if args.toy: args.shape, args.answer_tokens, args.reps = "toy", 8, 1
-    begin(args, "prefix_cache", args.device, args.threads)
+    begin(args.device, args.threads)
     import torch
     from policyalign.policy import Prompter, load_policy
     from policyalign.rollout import PolicyPrefix, lm_parts, pair_batch, teacher_hidden
@@ -87,7 +87,7 @@ def main():
     t = {k: median(v) for k, v in times.items()}
     print(f"median {t['cached']:.3f} s cached vs {t['uncached']:.3f} s uncached; the student's forward pass over its own prompts "
           f"and the same answers (no policy, no grad) {t['student forward']:.3f} s")
-    name = "prefix_cache" if args.answer_tokens == 64 else f"prefix_cache-{args.answer_tokens}"
+    name = results_name("prefix_cache", args.answer_tokens, 64)
     finish(args, name, f"cached/uncached={t['cached'] / t['uncached']:.3f} teacher/student={t['cached'] / t['student forward']:.3f}")
 
 

@@ -42,7 +42,7 @@ def main():
     add_output_arguments(ap, "rollout")
     args = ap.parse_args()
     if args.toy: args.shape, args.answer_tokens, args.reps, args.batch_sizes = "toy", 4, 1, "8"
-    begin(args, "rollout", args.device, args.threads)
+    begin(args.device, args.threads)
     from policyalign.models import generate
     from policyalign.policy import Prompter, load_policy
     model, tok = load_bench_model(args.device, shape=args.shape)

@@ -25,7 +25,7 @@ Last line: `ratio fraction_of_peak=<student part>`. Run: `python bench/roofline.
 from __future__ import annotations
 import argparse, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, sync, time_parts
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, results_name, load, load_bench_model, median, sync, time_parts
 
 
 def matmul_gflops(shape, device, repeats, cache={}):
@@ -96,8 +96,8 @@ def main():
     add_output_arguments(ap, "roofline")
     args = ap.parse_args()
     if args.toy: args.shape, args.answer_tokens, args.steps, args.repeats = "toy", 4, 1, 1
-    name = "roofline" if args.answer_tokens == 32 else f"roofline-{args.answer_tokens}"
-    begin(args, name, args.device, args.threads)
+    name = results_name("roofline", args.answer_tokens, 32)
+    begin(args.device, args.threads)
 
     from policyalign.distill import DistillConfig, distill_step, make_optimizer
     from policyalign.policy import Prompter, load_policy
