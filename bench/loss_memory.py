@@ -4,7 +4,8 @@ Shapes: `--batch` answers x `--answer-tokens` tokens = n positions, hidden size 
 vocabulary `--vocab` (49152). Inputs are the student hidden states `(n, d)` (requiring grad, as after the decoder),
 the teacher hidden states `(n, d)`, the sampled tokens and the frozen output-head weight `(V, d)`.
 
-- chunked: `policyalign.losses.chunked_head_divergence(..., divergence="topk_reverse_kl", top_k=256, chunk=1024)`, then
+- chunked: `policyalign.losses.chunked_head_divergence(..., divergence="topk_reverse_kl", top_k=256)` at its default
+  chunk (`policyalign.losses.LOSS_CHUNK`, 512 positions; `--chunk` to change it), then
   `loss.sum().backward()`. Logits exist one chunk at a time and are recomputed in backward (checkpointing).
 - naive: full logits for student and teacher `(n, V)`, `log_softmax`, `topk_reverse_kl` (the same top-k reverse KL),
   then backward.
@@ -23,7 +24,7 @@ from _common import SHAPES, PeakMemory, add_output_arguments, begin, bench_confi
 
 def run_variant(args):
     import torch
-    from policyalign.losses import chunked_head_divergence, topk_reverse_kl
+    from policyalign.losses import LOSS_CHUNK, chunked_head_divergence, topk_reverse_kl
     torch.manual_seed(0)
     n, d, V, dev = args.batch * args.answer_tokens, args.hidden, args.vocab, args.device
     dt = torch.float32 if dev == "cpu" else torch.bfloat16
@@ -35,7 +36,7 @@ def run_variant(args):
     t0 = time.perf_counter()
     with pm:
         if args.variant == "chunked":
-            loss, _ = chunked_head_divergence(s_h, t_h, tokens, W, None, "topk_reverse_kl", args.top_k, chunk=args.chunk)
+            loss, _ = chunked_head_divergence(s_h, t_h, tokens, W, None, "topk_reverse_kl", args.top_k, chunk=args.chunk or LOSS_CHUNK)
         else:
             s = (s_h @ W.T).float().log_softmax(-1)
             with torch.no_grad(): t = (t_h @ W.T).float().log_softmax(-1)
@@ -56,7 +57,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--shape", default=None, choices=[k for k, v in SHAPES.items() if v], help="take --hidden and --vocab from this model's config")
     ap.add_argument("--top-k", type=int, default=256)
-    ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--chunk", type=int, default=None, help="positions per chunk (default: policyalign.losses.LOSS_CHUNK)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variant", choices=["chunked", "naive"], help=argparse.SUPPRESS)  # set in the subprocesses
     add_output_arguments(ap, "loss_memory")
@@ -68,8 +69,9 @@ def main():
     if args.variant:
         setup(args.device, args.threads); return run_variant(args)
     begin(args.device, args.threads)
+    from policyalign.losses import LOSS_CHUNK
     n = args.batch * args.answer_tokens
-    print(f"n = {args.batch} x {args.answer_tokens} = {n} positions, hidden {args.hidden}, vocabulary {args.vocab}, top-k {args.top_k}; "
+    print(f"n = {args.batch} x {args.answer_tokens} = {n} positions, hidden {args.hidden}, vocabulary {args.vocab}, top-k {args.top_k}, chunk {args.chunk or LOSS_CHUNK}; "
           f"one float32 (n, V) tensor is {mib(n * args.vocab * 4)}")
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     res = {}

@@ -4,12 +4,15 @@ Both variants sample answers for the same 8 student prompts (no policy), tempera
 new tokens each (EOS suppressed with `min_new_tokens`, so both produce the same number of tokens). Throughput is
 answer tokens per second of wall time; the variants alternate A B A B. Then, if vLLM is importable and CUDA is
 available, the same prompts go through a vLLM engine (`--vllm`); otherwise a line says why that path is skipped.
-`--batch-sizes 8,32` also times a batch of 32 prompts. Last line: `ratio speedup=<x> [speedup_32=<y>]` (batched over
-one-at-a-time tokens/s). Run: `python bench/rollout.py [--device cuda] [--answer-tokens 32]`;
+`--batch-sizes 8,32` also times a batch of 32 prompts; `--cache-variants` also times the first batch size with HF's
+static KV cache, and with the static cache and `torch.compile` (compiled during the warm-up pair). Before timing, it
+times one decoding step's matrix products alone (every weight matrix of the model, the head included) at one row
+and at each batch size: the most batching can gain on them. Last line: `ratio speedup=<x> [speedup_32=<y>]`
+(batched over one-at-a-time tokens/s). Run: `python bench/rollout.py [--device cuda] [--answer-tokens 32]`;
 `--toy`: seconds, at toy size (CI).
 """
 from __future__ import annotations
-import argparse, importlib.util, os, sys
+import argparse, contextlib, importlib.util, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, shape_model_dir, timed
 
@@ -29,6 +32,33 @@ def vllm_path(args, prompts):
     print(f"vLLM rollout backend: {n / dt:.0f} tokens/s ({n} tokens in {dt:.2f} s)")
 
 
+def matmul_seconds(model, rows: int, device: str, repeats: int = 3) -> float:
+    "Best-of-`repeats` seconds of one decoding step's matrix products alone: every weight matrix (LoRA's aside) at `rows` rows."
+    import torch, torch.nn.functional as F
+    ws = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in n]
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in ws}
+    with torch.no_grad():
+        return min(timed(lambda: [F.linear(xs[w.shape[1]], w) for w in ws], device)[1] for _ in range(repeats))
+
+
+@contextlib.contextmanager
+def generate_options(model, **extra):
+    "Within this context every `model.generate` call also gets the keywords `extra` (a static cache, a compile config)."
+    if not extra: yield; return
+    plain = model.generate
+    model.generate = lambda *a, **kw: plain(*a, **kw, **extra)
+    try: yield
+    finally: del model.generate
+
+
+def cache_variants(batch: int) -> dict:
+    "Extra variants for `--cache-variants`: HF's static KV cache, alone and with `torch.compile` of the forward pass."
+    from transformers import CompileConfig
+    compiled = CompileConfig(); compiled._compile_all_devices = True     # generate compiles only on accelerators unless told
+    return {f"batched ({batch}), static cache": (batch, dict(cache_implementation="static")),
+            f"batched ({batch}), static + compile": (batch, dict(cache_implementation="static", compile_config=compiled))}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -38,6 +68,7 @@ def main():
     ap.add_argument("--batch-sizes", default="8", help="comma-separated batch sizes to compare with one at a time; "
                     "a batch of B samples B prompts (the 8 requests, repeated)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache-variants", action="store_true", help="also time the first batch size with a static KV cache, and with torch.compile")
     ap.add_argument("--vllm", action="store_true", help="also time a vLLM engine when vLLM and CUDA are present")
     add_output_arguments(ap, "rollout")
     args = ap.parse_args()
@@ -49,15 +80,21 @@ def main():
     model.eval()
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     prompts = [Prompter(tok, load_policy("general")).student(r) for r in REQUESTS * (max(sizes) // len(REQUESTS) + 1)]
-    variants = {f"batched ({b})": b for b in sizes} | {"one at a time": 1}
+    one_row = matmul_seconds(model, 1, args.device)
+    for b in sizes:
+        t = matmul_seconds(model, b, args.device)
+        print(f"one decoding step's matrix products alone: {1000 * one_row:.1f} ms for 1 row, {1000 * t:.1f} ms for {b} rows: "
+              f"batching {b} rows can gain at most {b * one_row / t:.2f}x on them")
+    variants = {f"batched ({b})": (b, {}) for b in sizes} | (cache_variants(sizes[0]) if args.cache_variants else {}) | {"one at a time": (1, {})}
     tps = {k: [] for k in variants}
     for i in range(1 + args.reps):
-        for name, bs in variants.items():
+        for name, (bs, extra) in variants.items():
             ps = prompts[:max(bs, len(REQUESTS))]          # one at a time: the 8 requests; a batch: as many prompts as it holds
-            g, dt, _ = timed(lambda: generate(model, tok, ps, max_new_tokens=args.answer_tokens, temperature=1.0,
-                                              seed=i, batch_size=bs, min_new_tokens=args.answer_tokens), args.device)
+            with generate_options(model, **extra):
+                g, dt, _ = timed(lambda: generate(model, tok, ps, max_new_tokens=args.answer_tokens, temperature=1.0,
+                                                  seed=i, batch_size=bs, min_new_tokens=args.answer_tokens), args.device)
             n = sum(map(len, g.answer_ids))
-            print(f"{'warm-up' if i == 0 else 'rep ' + str(i)}: {name:14s} {n} tokens in {dt:6.2f} s = {n / dt:6.1f} tokens/s  load {load()}", flush=True)
+            print(f"{'warm-up' if i == 0 else 'rep ' + str(i)}: {name:34s} {n} tokens in {dt:6.2f} s = {n / dt:6.1f} tokens/s  load {load()}", flush=True)
             if i: tps[name].append(n / dt)
     vllm_path(args, prompts[:len(REQUESTS)])
     one = median(tps["one at a time"])

@@ -52,7 +52,7 @@ class DistillConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    loss_chunk: int = 1024          # positions per chunk of the output-head + loss computation
+    loss_chunk: int = LOSS_CHUNK    # positions per chunk of the output-head + loss computation (memory)
     prefix_cache: bool = True
     checkpoint_every: int = 10
     keep_checkpoints: int = 2

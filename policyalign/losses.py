@@ -9,9 +9,9 @@ import torch, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
-__all__ = ['DIVERGENCES', 'STATS', 'reverse_kl', 'forward_kl', 'topk_reverse_kl', 'tail_logmass', 'topk_tail_reverse_kl',
-           'generalized_jsd', 'token_divergence', 'logp_divergence', 'masked_mean', 'token_stats',
-           'chunked_head_divergence']
+__all__ = ['DIVERGENCES', 'STATS', 'LOSS_CHUNK', 'reverse_kl', 'forward_kl', 'topk_reverse_kl', 'tail_logmass',
+           'topk_tail_reverse_kl', 'generalized_jsd', 'token_divergence', 'logp_divergence', 'masked_mean',
+           'token_stats', 'chunked_head_divergence']
 
 # %% ../nbs/05_losses.ipynb #b2551c64
 def _finite(lp): return lp.clamp(min=torch.finfo(lp.dtype).min)  # -inf (masked vocab) would turn 0*inf into NaN
@@ -85,19 +85,25 @@ def token_stats(s_lp, t_lp, tokens, top_k:int=256):
     idx,tok = s_lp.topk(min(top_k, s_lp.shape[-1]), -1).indices,tokens[:, None]
     s_p = s_lp.exp()
     return torch.stack([s_lp.gather(-1, tok)[:, 0], t_lp.gather(-1, tok)[:, 0], s_p.gather(-1, idx).sum(-1),
-                        t_lp.gather(-1, idx).exp().sum(-1), -(s_p * _finite(s_lp)).sum(-1)], -1)
+                        t_lp.gather(-1, idx).exp().sum(-1), torch.special.entr(s_p).sum(-1)], -1)   # entr: -p log p, one temporary
 
 # %% ../nbs/05_losses.ipynb #3582cb5a
+def _head_logp(h, weight, bias, scale):
+    "Float32 log-probabilities through the head; no multiply when `scale` is 1 (one logits-sized tensor less)."
+    z = F.linear(h, weight, bias).float()
+    return (z if scale == 1 else z * scale).log_softmax(-1)
+
 def _chunk(s_h, t_h, tokens, weight, bias, divergence, top_k, beta, scale):
-    logp = lambda h: (F.linear(h, weight, bias).float() * scale).log_softmax(-1)
-    s_lp,t_lp = logp(s_h),logp(t_h)
+    s_lp,t_lp = _head_logp(s_h, weight, bias, scale),_head_logp(t_h, weight, bias, scale)
     loss = logp_divergence(s_lp, t_lp, divergence, top_k, beta)
     with torch.no_grad(): stats = token_stats(s_lp.detach(), t_lp.detach(), tokens, top_k)
     return loss, stats
 
 # %% ../nbs/05_losses.ipynb #fe313630
+LOSS_CHUNK = 512   # positions per chunk: at 8 x 1024 tokens the loss peaks below 0.1x the naive one's memory (bench/loss_memory.py)
+
 def chunked_head_divergence(s_hidden, t_hidden, tokens, weight, bias=None, divergence:str="topk_tail_reverse_kl", top_k:int=256,
-                            beta:float=0.5, chunk:int=1024, scale:float=1.0):
+                            beta:float=0.5, chunk:int=LOSS_CHUNK, scale:float=1.0):
     "Per-token divergence from hidden states `(n, d)` through the output head (logits times `scale`), chunk by chunk; also the `(n, 5)` `STATS` of every token."
     losses,stats,n = [],[],s_hidden.shape[0]
     for i in range(0, n, chunk):

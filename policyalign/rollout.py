@@ -8,7 +8,7 @@ import contextlib, inspect, warnings
 from dataclasses import dataclass
 import torch
 from .core import PolicyAlignError
-from .losses import chunked_head_divergence
+from .losses import LOSS_CHUNK, chunked_head_divergence
 from .models import Generation, autocast, eval_mode, generate, left_pad
 from .policy import Prompter
 
@@ -153,7 +153,7 @@ def _answers(b): return [r[m].tolist() for r,m in zip(b.answer_ids, b.answer_mas
 
 # %% ../nbs/05a_rollout.ipynb #ffc7548c
 def score_tokens(model, batch:PairBatch, teacher:str="frozen", divergence:str="topk_tail_reverse_kl", top_k:int=256, beta:float=0.5,
-                 chunk:int=1024, prefix:PolicyPrefix|None=None, version=0, temperature:float=1.0):
+                 chunk:int=LOSS_CHUNK, prefix:PolicyPrefix|None=None, version=0, temperature:float=1.0):
     "Per-token divergence `(n,)` and stats `(n, 3)` over the batch's answer tokens (row-major), plus the mask `(bs, L)`; logits are divided by the sampling `temperature`."
     dec,head,scale = lm_parts(model)
     dev = head.weight.device
