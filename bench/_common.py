@@ -44,11 +44,12 @@ def machine(device: str = "cpu") -> str:
 
 
 def commit() -> str:
-    "The git commit the benchmark runs on (`-dirty`: with uncommitted changes)."
+    "The git commit the benchmark runs on (`-dirty`: with uncommitted changes outside bench/results, which benchmarks write)."
     import subprocess
-    here = os.path.dirname(os.path.abspath(__file__))
-    r = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=here)
-    return r.stdout.strip() or "unknown"
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    head = git("rev-parse", "--short", "HEAD").stdout.strip()
+    if not head: return "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--", ":/", ":(exclude,top)bench/results").stdout.strip() else "")
 
 
 def add_output_arguments(ap, name: str):

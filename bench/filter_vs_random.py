@@ -7,7 +7,7 @@ trained on) before and after both, for `--seeds` independent draws of the pool, 
 subset; then the mean and spread over seeds. A benchmark, not a test: it prints figures and writes
 bench/results/filter_vs_random.txt. Last line: `ratio kl_drop_psf/random=<x>` (mean held-out KL drop, PSF over random).
 
-    python bench/filter_vs_random.py                      # the embedded SmolLM2-135M on CPU, 3 seeds, about 15 minutes
+    python bench/filter_vs_random.py                      # the embedded SmolLM2-135M on CPU, 3 seeds, about 30 minutes on 2 cores
     python bench/filter_vs_random.py --device cuda --model Qwen/Qwen2.5-1.5B-Instruct --steps 40 --pool 512
 """
 import argparse, os, random, statistics, sys, time

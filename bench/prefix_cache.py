@@ -49,6 +49,7 @@ def main():
     pr = Prompter(tok, policy)
     s_p, t_p = [pr.student(r) for r in REQUESTS], [pr.teacher(r) for r in REQUESTS]
     words = tok(TEXT, add_special_tokens=False)["input_ids"]
+    words = words * (args.answer_tokens // len(words) + 2)        # the text repeated, so that every length is reached
     answers = [words[i:i + args.answer_tokens - (i % 8)] for i in range(len(REQUESTS))]
     batch = pair_batch(s_p, t_p, answers, tok.pad_token_id)
     dev = model.get_base_model().get_output_embeddings().weight.device

@@ -7,7 +7,7 @@ available, the same prompts go through a vLLM engine (`--vllm`); otherwise a lin
 `--batch-sizes 8,32` also times a batch of 32 prompts; `--cache-variants` also times the first batch size with HF's
 static KV cache, and with the static cache and `torch.compile` (compiled during the warm-up pair). Before timing, it
 times one decoding step's matrix products alone (every weight matrix of the model, the head included) at one row
-and at each batch size: the most batching can gain on them. Last line: `ratio speedup=<x> [speedup_32=<y>]`
+and at each batch size: the most batching can gain on them; and the prompts' prefill alone at each batch size. Last line: `ratio speedup=<x> [speedup_32=<y>]`
 (batched over one-at-a-time tokens/s). Run: `python bench/rollout.py [--device cuda] [--answer-tokens 32]`;
 `--toy`: seconds, at toy size (CI).
 """
@@ -85,6 +85,11 @@ def main():
         t = matmul_seconds(model, b, args.device)
         print(f"one decoding step's matrix products alone: {1000 * one_row:.1f} ms for 1 row, {1000 * t:.1f} ms for {b} rows: "
               f"batching {b} rows can gain at most {b * one_row / t:.2f}x on them")
+    shared = next((i for i, col in enumerate(zip(*prompts)) if len(set(col)) > 1), 0)
+    for b in sizes:
+        ps = prompts[:b]
+        _, dt, _ = timed(lambda: generate(model, tok, ps, max_new_tokens=1, temperature=1.0, seed=0, batch_size=b, min_new_tokens=1), args.device)
+        print(f"prefill of {b} prompts ({sum(map(len, ps))} tokens, the first {shared} of each shared by all) and one sampled token: {dt:.2f} s")
     variants = {f"batched ({b})": (b, {}) for b in sizes} | (cache_variants(sizes[0]) if args.cache_variants else {}) | {"one at a time": (1, {})}
     tps = {k: [] for k in variants}
     for i in range(1 + args.reps):
