@@ -160,6 +160,12 @@ def time_parts(step_fn, patches, device: str = "cpu", rest: str = "student"):
     return out, total, parts
 
 
+def policyalign_parts(opt) -> list:
+    "The `time_parts` patches for a policyalign `distill_step`: its rollout, its teacher pass and `opt`'s step."
+    import policyalign.distill as distill, policyalign.rollout as rollout
+    return [(distill, "rollout", "rollout"), (rollout, "teacher_hidden", "teacher"), (opt, "step", "optimiser")]
+
+
 def mib(x: float) -> str: return f"{x / 2**20:.0f} MiB"
 
 

@@ -26,7 +26,7 @@ Prints the per-step times, parts and peak memory of each side, then, last line: 
 from __future__ import annotations
 import argparse, os, sys, tempfile, warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, results_name, load, load_bench_model, median, mib, stable_malloc, time_parts, timed
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, results_name, load, load_bench_model, median, mib, policyalign_parts, stable_malloc, time_parts, timed
 
 
 def policyalign_side(args, policy):
@@ -46,8 +46,7 @@ def policyalign_side(args, policy):
         m = distill_step(model, tok, prompter, REQUESTS, cfg, opt, sched, state["step"], prefix)
         state["step"] += 1
         return m
-    import policyalign.distill as pd, policyalign.rollout as pr
-    return step, state, [(pd, "rollout", "rollout"), (pr, "teacher_hidden", "teacher"), (opt, "step", "optimiser")]
+    return step, state, policyalign_parts(opt)
 
 
 def trl_side(args, policy):

@@ -11,7 +11,6 @@ bench/results/filter_vs_random.txt. Last line: `ratio kl_drop_psf/random=<x>` (m
     python bench/filter_vs_random.py --device cuda --model Qwen/Qwen2.5-1.5B-Instruct --steps 40 --pool 512
 """
 import argparse, os, random, statistics, sys, time
-import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_output_arguments, begin, finish, shape_model_dir
 

@@ -20,7 +20,7 @@ run cut short keeps what it measured); the exit status is 1 when a check fails.
     python bench/gpu_check.py --device cpu         # the toy shape on CPU, about a minute
 """
 from __future__ import annotations
-import argparse, contextlib, math, os, platform, subprocess, sys, tempfile, time
+import argparse, math, os, platform, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")     # deterministic cuBLAS, for the resume check

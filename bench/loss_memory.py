@@ -24,7 +24,7 @@ from _common import SHAPES, PeakMemory, add_output_arguments, begin, bench_confi
 
 def run_variant(args):
     import torch
-    from policyalign.losses import LOSS_CHUNK, chunked_head_divergence, topk_reverse_kl
+    from policyalign.losses import chunked_head_divergence, topk_reverse_kl
     torch.manual_seed(0)
     n, d, V, dev = args.batch * args.answer_tokens, args.hidden, args.vocab, args.device
     dt = torch.float32 if dev == "cpu" else torch.bfloat16
@@ -36,7 +36,7 @@ def run_variant(args):
     t0 = time.perf_counter()
     with pm:
         if args.variant == "chunked":
-            loss, _ = chunked_head_divergence(s_h, t_h, tokens, W, None, "topk_reverse_kl", args.top_k, chunk=args.chunk or LOSS_CHUNK)
+            loss, _ = chunked_head_divergence(s_h, t_h, tokens, W, None, "topk_reverse_kl", args.top_k, chunk=args.chunk)
         else:
             s = (s_h @ W.T).float().log_softmax(-1)
             with torch.no_grad(): t = (t_h @ W.T).float().log_softmax(-1)
@@ -66,12 +66,13 @@ def main():
     if args.shape:
         cfg = bench_config(args.shape)
         args.hidden, args.vocab = cfg.hidden_size, cfg.vocab_size
+    from policyalign.losses import LOSS_CHUNK
+    args.chunk = args.chunk or LOSS_CHUNK
     if args.variant:
         setup(args.device, args.threads); return run_variant(args)
     begin(args.device, args.threads)
-    from policyalign.losses import LOSS_CHUNK
     n = args.batch * args.answer_tokens
-    print(f"n = {args.batch} x {args.answer_tokens} = {n} positions, hidden {args.hidden}, vocabulary {args.vocab}, top-k {args.top_k}, chunk {args.chunk or LOSS_CHUNK}; "
+    print(f"n = {args.batch} x {args.answer_tokens} = {n} positions, hidden {args.hidden}, vocabulary {args.vocab}, top-k {args.top_k}, chunk {args.chunk}; "
           f"one float32 (n, V) tensor is {mib(n * args.vocab * 4)}")
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     res = {}

@@ -64,12 +64,11 @@ def main():
     print(f"PolicyPrefix: {len(prefix)} tokens, matches the teacher prompts: {prefix.matches(t_p)}")
     if not prefix.matches(t_p):
         raise SystemExit("the policy prefix does not match the teacher prompts: teacher_hidden would run uncached both times")
-    _, t_kv, _ = timed(lambda: prefix.get(lm_parts(model)[0], 0), args.device)
+    dec, head, _ = lm_parts(model)
+    _, t_kv, _ = timed(lambda: prefix.get(dec, 0), args.device)
     print(f"computing the prefix's keys/values (once per teacher version; not in the cached timings): {t_kv:.2f} s")
 
-    head = lm_parts(model)[1]
     def logp(h): return torch.log_softmax(head(h[mask]).float(), -1)
-    dec = lm_parts(model)[0]
     def student_forward():
         with torch.no_grad():
             return dec(input_ids=batch.student_ids, attention_mask=batch.student_mask).last_hidden_state

@@ -81,12 +81,11 @@ def main():
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     prompts = [Prompter(tok, load_policy("general")).student(r) for r in REQUESTS * (max(sizes) // len(REQUESTS) + 1)]
     one_row = matmul_seconds(model, 1, args.device)
+    shared = next((i for i, col in enumerate(zip(*prompts)) if len(set(col)) > 1), 0)
     for b in sizes:
         t = matmul_seconds(model, b, args.device)
         print(f"one decoding step's matrix products alone: {1000 * one_row:.1f} ms for 1 row, {1000 * t:.1f} ms for {b} rows: "
               f"batching {b} rows can gain at most {b * one_row / t:.2f}x on them")
-    shared = next((i for i, col in enumerate(zip(*prompts)) if len(set(col)) > 1), 0)
-    for b in sizes:
         ps = prompts[:b]
         _, dt, _ = timed(lambda: generate(model, tok, ps, max_new_tokens=1, temperature=1.0, seed=0, batch_size=b, min_new_tokens=1), args.device)
         print(f"prefill of {b} prompts ({sum(map(len, ps))} tokens, the first {shared} of each shared by all) and one sampled token: {dt:.2f} s")

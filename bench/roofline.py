@@ -25,7 +25,7 @@ Last line: `ratio fraction_of_peak=<student part>`. Run: `python bench/roofline.
 from __future__ import annotations
 import argparse, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, results_name, load, load_bench_model, median, sync, time_parts
+from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, results_name, load, load_bench_model, median, policyalign_parts, sync, time_parts
 
 
 def matmul_gflops(shape, device, repeats, cache={}):
@@ -111,8 +111,7 @@ def main():
     prefix = None if args.no_prefix_cache else PolicyPrefix(pr)
     s_p, t_p = [pr.student(r) for r in REQUESTS], [pr.teacher(r) for r in REQUESTS]
     cached = prefix is not None and prefix.matches(t_p)
-    import policyalign.distill as pd, policyalign.rollout as prl
-    patches = [(pd, "rollout", "rollout"), (prl, "teacher_hidden", "teacher"), (opt, "step", "optimiser")]
+    patches = policyalign_parts(opt)
     runs = []
     for i in range(1 + args.steps):
         m, total, parts = time_parts(lambda: distill_step(model, tok, pr, REQUESTS, cfg, opt, sched, i, prefix), patches, args.device)
