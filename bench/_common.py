@@ -206,11 +206,11 @@ def shape_model_dir(shape: str, device: str = "cpu", root: str | None = None) ->
     import tempfile, torch
     from pathlib import Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from policyalign.models import embedded_model_dir
-    if SHAPES[shape] is None: return str(embedded_model_dir())
+    from policyalign.models import local_model_dir
+    if SHAPES[shape] is None: return str(local_model_dir())
     folder = Path(root or tempfile.gettempdir())/f"policyalign-shape-{shape}"
     if (folder/"model.safetensors").exists() or (folder/"model.safetensors.index.json").exists(): return str(folder)
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tok = AutoTokenizer.from_pretrained(local_model_dir())
     cfg = bench_config(shape, len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     with torch.device("cuda" if device == "cuda" else "cpu"):

@@ -130,7 +130,6 @@ def export_verl(run_dir, dest=None) -> Path:
 
 # %% ../nbs/10_cli.ipynb #c27144f4
 def _show_policy(name):
-    from policyalign.policy import load_policy
     p = load_policy(name)
     print(f"{p.name}: {len(p)} rules ({p.title})")
     for r in p.rules: print(f"  {r.id}  {r.title}: {r.text}")
@@ -142,7 +141,7 @@ def check_command(a) -> dict:
     from policyalign.policy import load_policy
     d = _merge(_merge(read_config_file(a.config) if a.config else {}, overrides_from_sets(a.set)), _flag_overrides(a))
     cfg = config_from_dict(d, PipelineConfig.preset_for(a.preset or "auto"))
-    policy = load_policy(cfg.policy)          # a bad policy fails before the model loads
+    policy = cfg.load_policy()                # a bad policy fails before the model loads
     model,tok = load_model(cfg.model)
     res = oracle_check(model, tok, policy, cfg=cfg.check, out_dir=a.out)
     print(check_markdown(res.report))

@@ -12,7 +12,7 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['RUN_FILES', 'DATA_CARD', 'PolicyAlignError', 'get_logger', 'atomic_write', 'write_json', 'read_json', 'write_jsonl',
            'read_jsonl', 'JsonlCache', 'StageResult', 'request_texts', 'check_fields', 'run_file', 'write_data_card',
-           'set_seed', 'stable_hash', 'cache_dir']
+           'set_seed', 'stable_hash', 'cache_dir', 'file_sha256']
 
 # %% ../nbs/00_core.ipynb #7e60d25d
 class PolicyAlignError(Exception):
@@ -167,7 +167,7 @@ RUN_FILES = {
                       synthesis_partial="synthesis.partial.jsonl"),
     "filtering": dict(scores="scores.jsonl", filtered="filtered.jsonl", score_cache="score_cache.jsonl", filtering_png="filtering.png"),
     "distillation": dict(checkpoints="checkpoints", metrics="metrics.jsonl", adapter="adapter", training_png="training.png", tensorboard="tensorboard"),
-    "evaluation": dict(eval="eval.json", answers="answers.jsonl", eval_png="eval.png", mechanism_png="mechanism.png",
+    "evaluation": dict(eval="eval.json", answers="answers.jsonl", eval_png="eval.png", eval_decoding_png="eval_{decoding}.png", mechanism_png="mechanism.png",
                        groups_png="groups_{suite}.png"),
     "every stage that writes requests": dict(data_card="DATA_CARD.md"),
 }
@@ -234,3 +234,11 @@ def cache_dir() -> Path:
     p = Path(os.environ.get("POLICYALIGN_CACHE") or Path.home()/".cache"/"policyalign").expanduser()
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+# %% ../nbs/00_core.ipynb #7be76d2b
+def file_sha256(path) -> str:
+    "The SHA-256 of a file's bytes, read in 1 MiB blocks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()

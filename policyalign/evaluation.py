@@ -7,34 +7,36 @@ from __future__ import annotations
 import contextlib, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, run_file, set_seed, stable_hash, write_data_card, write_json, write_jsonl
+from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_json, write_jsonl
 from .policy import Policy, Prompter
 from .suites import *
 from .judges import *
 from .refusal import answer_kind
 from .models import autocast, eval_mode, fingerprint, generate, model_name, left_pad, local_device, resolve_precision, torch_dtype
 from .stats import mean_ci, paired_gap, rate, ratio_ci
+from .synthesis import normalize
 from .check import policy_kl, prescribed_logprob, score_answers, teacher_answers
 from .rollout import teacher_weights
 from .plots import plot_eval, plot_groups, plot_mechanism, save_figure
 
 # %% auto #0
-__all__ = ['ROWS', 'SAFETY_METRICS', 'row_context', 'base_fingerprint', 'row_fingerprint', 'answer', 'mc_prompt',
-           'choice_correct', 'last_number', 'EvalConfig', 'build_suites', 'make_judges', 'evaluate_suite', 'gap_table',
-           'mechanism', 'mechanism_markdown', 'EvalResult', 'evaluate', 'report_markdown']
+__all__ = ['VARIANTS', 'DECODINGS', 'SAFETY_METRICS', 'variant_context', 'base_fingerprint', 'variant_fingerprint',
+           'request_seeds', 'answer', 'mc_prompt', 'choice_correct', 'last_number', 'EvalConfig', 'held_out',
+           'build_suites', 'make_judges', 'evaluate_suite', 'gap_table', 'pooled', 'pooled_metrics', 'mechanism',
+           'mechanism_markdown', 'EvalResult', 'evaluate', 'report_markdown']
 
 # %% ../nbs/07_evaluation.ipynb #84d99c46
 log = get_logger(__name__)
 
 # %% ../nbs/07_evaluation.ipynb #f9016a82
-ROWS = {"base": dict(policy=False, adapter=False), "oracle": dict(policy=True, adapter=False), "aligned": dict(policy=False, adapter=True)}
+VARIANTS = {"base": dict(policy=False, adapter=False), "oracle": dict(policy=True, adapter=False), "aligned": dict(policy=False, adapter=True)}
 
-def row_context(model, row:str):
-    "A context manager that sets the adapter for `row` (off for base and oracle, on for aligned)."
-    if row not in ROWS: raise PolicyAlignError(f"unknown row {row!r}", f"use rows from {list(ROWS)}")
-    if ROWS[row]["adapter"]:
-        if not hasattr(model, "disable_adapter"): raise PolicyAlignError("the 'aligned' row needs a PEFT model with an adapter",
-                                                                         "load the model with policyalign.models.load_model, or leave 'aligned' out of rows")
+def variant_context(model, variant:str):
+    "A context manager that sets the adapter for `variant` (off for base and oracle, on for aligned)."
+    if variant not in VARIANTS: raise PolicyAlignError(f"unknown variant {variant!r}", f"use one of {list(VARIANTS)}")
+    if VARIANTS[variant]["adapter"]:
+        if not hasattr(model, "disable_adapter"): raise PolicyAlignError("the 'aligned' variant needs a PEFT model with an adapter",
+                                                                         "load the model with policyalign.models.load_model, or leave 'aligned' out of variants")
         return contextlib.nullcontext()
     return teacher_weights(model, "frozen")
 
@@ -48,26 +50,39 @@ def base_fingerprint(model) -> str:
         h = [f"{n}:{tuple(p.shape)}:{float(p.float().sum()):.6e}" for n,p in frozen[:2] + frozen[-2:]]
     return stable_hash(name, len(frozen), *h)
 
-def row_fingerprint(model, row:str) -> str:
-    "The fingerprint that keys a row's cached answers: the base weights when the adapter is off, adapter included when on."
-    return fingerprint(model) if ROWS[row]["adapter"] else base_fingerprint(model)
+def variant_fingerprint(model, variant:str) -> str:
+    "The fingerprint that keys a variant's cached answers: the base weights when the adapter is off, adapter included when on."
+    return fingerprint(model) if VARIANTS[variant]["adapter"] else base_fingerprint(model)
 
 # %% ../nbs/07_evaluation.ipynb #20749451
-def answer(model, tok, policy:Policy, requests:list[str], row:str, max_new_tokens:int=512, batch_size:int=16,
-           cache:JsonlCache|None=None, fp:str|None=None, progress:bool=False) -> list[str]:
-    "Greedy answers of `row` to `requests`, generating only those not in `cache`."
-    ctx = row_context(model, row)   # checks the row before any work
-    pr = Prompter(tok, policy)
-    texts = [pr.text(q, ROWS[row]["policy"]) for q in requests]
-    settings = dict(max_new_tokens=max_new_tokens, temperature=0)
-    fp = fp or row_fingerprint(model, row)
-    keys = [stable_hash("gen", fp, row, t, settings) for t in texts]
+DECODINGS = ("greedy", "sampled")
+
+def request_seeds(requests:list[str], seed:int=0) -> list[int]:
+    "One sampling seed per request, from its text and `seed`: the same whatever the batch, the variant or the rerun."
+    return [int(stable_hash("sample", seed, r), 16) % 2**31 for r in requests]
+
+def _decoding(decoding:str, temperature:float, seed:int) -> dict:
+    "The generation settings of a decoding, which also key its cached answers."
+    if decoding not in DECODINGS: raise PolicyAlignError(f"unknown decoding {decoding!r}", f"use one of {DECODINGS}")
+    return dict(temperature=0) if decoding == "greedy" else dict(temperature=temperature, seed=seed)
+
+# %% ../nbs/07_evaluation.ipynb #3b00cf41
+def answer(model, tok, policy:Policy, requests:list[str], variant:str, max_new_tokens:int=512, batch_size:int=16,
+           cache:JsonlCache|None=None, fp:str|None=None, progress:bool=False, decoding:str="greedy", temperature:float=1.0,
+           seed:int=0) -> list[str]:
+    "Answers of `variant` to `requests`, greedy or sampled at `temperature` (one seed per request), generating only those not in `cache`."
+    ctx = variant_context(model, variant)   # checks the variant before any work
+    pr,with_policy = Prompter(tok, policy),VARIANTS[variant]["policy"]
+    settings = dict(max_new_tokens=max_new_tokens, **_decoding(decoding, temperature, seed))
+    fp = fp or variant_fingerprint(model, variant)
+    keys = [stable_hash("gen", fp, variant, pr.text(q, with_policy), settings) for q in requests]
     todo = sorted({k: i for i,k in reversed(list(enumerate(keys))) if cache is None or k not in cache}.values())
     got = {}
     if todo:
-        ids = [tok(texts[i], add_special_tokens=False)["input_ids"] for i in todo]
+        seeds = None if decoding == "greedy" else request_seeds([requests[i] for i in todo], seed)
         with ctx:
-            g = generate(model, tok, ids, max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size, progress=progress)
+            g = generate(model, tok, [pr.ids(requests[i], with_policy) for i in todo], max_new_tokens=max_new_tokens,
+                         temperature=settings["temperature"], batch_size=batch_size, progress=progress, row_seeds=seeds)
         got = {keys[i]: t for i,t in zip(todo, g.texts)}
         if cache is not None: cache.put(got)
     return [got[k] if k in got else cache[k] for k in keys]
@@ -79,8 +94,8 @@ def mc_prompt(item:dict) -> str:
     return f"{item['request']}\n\n{opts}\n\nAnswer with the letter of the correct choice."
 
 # %% ../nbs/07_evaluation.ipynb #1588a48c
-def choice_correct(model, tok, policy:Policy, items:list[dict], row:str, batch_size:int=16) -> list[bool]:
-    "For each MMLU item: does the row's most likely first answer token among A-D match the key? (The head runs on the last position only.)"
+def choice_correct(model, tok, policy:Policy, items:list[dict], variant:str, batch_size:int=16) -> list[bool]:
+    "For each MMLU item: does the variant's most likely first answer token among A-D match the key? (The head runs on the last position only.)"
     import torch
     letters = [tok(l, add_special_tokens=False)["input_ids"] for l in "ABCD"]
     if any(len(l) != 1 for l in letters) or len({l[0] for l in letters}) < 4:
@@ -88,10 +103,10 @@ def choice_correct(model, tok, policy:Policy, items:list[dict], row:str, batch_s
     letters = [l[0] for l in letters]
     pr,out = Prompter(tok, policy),[]
     dev = next(model.parameters()).device
-    with row_context(model, row), torch.no_grad(), autocast(model):
+    with variant_context(model, variant), torch.no_grad(), autocast(model):
         for i in range(0, len(items), batch_size):
             b = items[i:i+batch_size]
-            ids,mask = left_pad([pr.ids(mc_prompt(it), ROWS[row]["policy"]) for it in b], tok.pad_token_id)
+            ids,mask = left_pad([pr.ids(mc_prompt(it), VARIANTS[variant]["policy"]) for it in b], tok.pad_token_id)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
                            logits_to_keep=1).logits[:, -1, letters]   # (bs, 4): the head runs on the last position only
@@ -110,10 +125,13 @@ def last_number(text:str) -> str|None:
 @dataclass
 class EvalConfig:
     "Stage 4 settings; the defaults are the GPU values, `EvalConfig.tiny()` the CPU ones."
-    rows: tuple = ("base", "oracle", "aligned")
+    variants: tuple = ("base", "oracle", "aligned")
+    decodings: tuple = ("greedy",)    # 'greedy' and/or 'sampled' (at `temperature`, one seed per request)
+    temperature: float = 1.0
     suites: tuple = ("strongreject", "advbench", "harmbench", "xstest-safe", "xstest-unsafe", "mmlu")
     domain_suites: bool = True        # add medical / legal / financial suites for a domain policy
     limit: int|None = 200             # requests per safety suite (None: all)
+    limits: dict = field(default_factory=dict)   # per-suite overrides of `limit`, e.g. {"xstest-safe": 128}
     mmlu_limit: int = 500
     gsm8k_limit: int = 0
     max_new_tokens: int = 512
@@ -128,8 +146,13 @@ class EvalConfig:
     mechanism_samples: int = 2
 
     def __post_init__(self):
-        self.rows,self.suites,self.judges = tuple(self.rows),tuple(self.suites),tuple(self.judges)
-        if not self.rows or set(self.rows) - set(ROWS): raise PolicyAlignError(f"rows={self.rows}", f"use a non-empty subset of {list(ROWS)}")
+        self.variants,self.decodings = tuple(self.variants),tuple(self.decodings)
+        self.suites,self.judges = tuple(self.suites),tuple(self.judges)
+        if not self.variants or set(self.variants) - set(VARIANTS):
+            raise PolicyAlignError(f"variants={self.variants}", f"use a non-empty subset of {list(VARIANTS)}")
+        if not self.decodings or set(self.decodings) - set(DECODINGS):
+            raise PolicyAlignError(f"decodings={self.decodings}", f"use a non-empty subset of {list(DECODINGS)}")
+        if self.temperature <= 0: raise PolicyAlignError(f"temperature={self.temperature}", "sampled answers need a positive temperature, e.g. 1.0")
         if bad := [s for s in self.suites if s not in SUITES]: raise PolicyAlignError(f"unknown suites {bad}", f"use names from {list(SUITES)}")
         if bad := [j for j in self.judges if j not in ("refusal", "guard")]:
             raise PolicyAlignError(f"unknown judges {bad}", "use 'refusal' and/or 'guard' here; pass PolicyJudge objects to evaluate(judges=...)")
@@ -138,17 +161,24 @@ class EvalConfig:
 
     @classmethod
     def tiny(cls, **kw):
-        "CPU-sized: base and oracle rows, 16 XSTest-safe and 16 StrongREJECT prompts, 20 MMLU questions, 48 new tokens."
-        return cls(**dict(dict(rows=("base", "oracle"), suites=("xstest-safe", "strongreject", "mmlu"), limit=16, mmlu_limit=20,
+        "CPU-sized: base and oracle variants, 16 XSTest-safe and 16 StrongREJECT prompts, 20 MMLU questions, 48 new tokens."
+        return cls(**dict(dict(variants=("base", "oracle"), suites=("xstest-safe", "strongreject", "mmlu"), limit=16, mmlu_limit=20,
                                max_new_tokens=48, batch_size=8, judges=("refusal",), domain_suites=False), **kw))
 
 # %% ../nbs/07_evaluation.ipynb #62c40362
-def build_suites(cfg:EvalConfig, policy:Policy|None=None, rows:list[dict]|None=None) -> list[Suite]:
-    "The config's suites, plus domain suites for a domain policy and the synthesized suites of held-out `rows`."
+def held_out(suite:Suite, seen:set[str], limit:int|None=None, seed:int=0) -> Suite|None:
+    "Up to `limit` items of `suite` whose request (normalised) is not in `seen`, the requests earlier stages saw; None when none is left."
+    items = [it for it in suite.items if normalize(it["request"]) not in seen]
+    if not items: log.warning(f"skipping {suite.name}: an earlier stage saw every one of its items"); return None
+    return Suite(suite.name, suite.kind, subsample(items, limit, seed), suite.source, excluded=len(suite) - len(items))
+
+def build_suites(cfg:EvalConfig, policy:Policy|None=None, rows:list[dict]|None=None, exclude:list|None=None) -> list[Suite]:
+    "The config's suites, plus domain suites for a domain policy and the synthesized suites of held-out `rows`, without the requests in `exclude`."
     names = list(cfg.suites)
     if cfg.domain_suites and policy is not None: names += [n for n in DOMAIN_SUITES.get(policy.domain, ()) if n not in names]
-    lim = dict(mmlu=cfg.mmlu_limit, gsm8k=cfg.gsm8k_limit)
-    out = [load_suite(n, limit=lim.get(n, cfg.limit), seed=cfg.seed) for n in names if lim.get(n, 1) != 0]
+    lim = dict(mmlu=cfg.mmlu_limit, gsm8k=cfg.gsm8k_limit) | cfg.limits
+    seen = {normalize(r) for r in request_texts(exclude or [])}
+    out = [s for n in names if lim.get(n, 1) != 0 if (s := held_out(load_suite(n), seen, lim.get(n, cfg.limit), cfg.seed))]
     for k in ("harmful", "benign") if rows else ():
         try: out.append(load_synth(rows, k, cfg.limit, cfg.seed))
         except PolicyAlignError as e:   # held-out rows may hold only one kind: skip the other, say so
@@ -163,52 +193,77 @@ def make_judges(cfg:EvalConfig, cache_folder=None, policy:Policy|None=None) -> l
     return [RefusalJudge(cache=cache, policy_text=pt) if j == "refusal" else GuardJudge(cfg.guard_model, cache=cache) for j in cfg.judges]
 
 # %% ../nbs/07_evaluation.ipynb #c58a5335
-def _group_rates(suite, row, jname, verdicts, metric):
+def _group_rates(suite, variant, jname, verdicts, metric, decoding):
     flags = [outcomes(v)[metric] for v in verdicts]
     by = {}
     for it,f in zip(suite.items, flags):
         if it.get("group"): by.setdefault(it["group"], []).append(f)
-    return [dict(suite=suite.name, row=row, judge=jname, metric=metric, group=g, **rate(fs)) for g,fs in sorted(by.items())]
+    return [dict(suite=suite.name, variant=variant, decoding=decoding, judge=jname, metric=metric, group=g, **rate(fs)) for g,fs in sorted(by.items())]
 
 # %% ../nbs/07_evaluation.ipynb #4715b4cb
-def evaluate_suite(model, tok, policy, suite:Suite, row:str, judges:list[Judge], cfg:EvalConfig, gen_cache=None, fp=None):
-    "Metrics, per-group rates and per-item records of one suite in one row."
-    meta = dict(suite=suite.name, kind=suite.kind, row=row)
+def evaluate_suite(model, tok, policy, suite:Suite, variant:str, judges:list[Judge], cfg:EvalConfig, gen_cache=None, fp=None,
+                   decoding:str="greedy"):
+    "Metrics, per-group rates and per-item records of one suite for one variant and decoding (multiple choice: the likeliest letter)."
+    meta = dict(suite=suite.name, kind=suite.kind, variant=variant, decoding=decoding)
     if suite.name == "mmlu" or (suite.kind == "capability" and "choices" in suite.items[0]):
-        ok = choice_correct(model, tok, policy, suite.items, row, cfg.batch_size)
+        ok = choice_correct(model, tok, policy, suite.items, variant, cfg.batch_size)
         return [dict(meta, judge="-", metric="accuracy", **rate(ok))], [], []
-    answers = answer(model, tok, policy, suite.requests, row, cfg.max_new_tokens, cfg.batch_size, gen_cache, fp)
+    answers = answer(model, tok, policy, suite.requests, variant, cfg.max_new_tokens, cfg.batch_size, gen_cache, fp,
+                     decoding=decoding, temperature=cfg.temperature, seed=cfg.seed)
     if suite.kind == "capability":
         ok = [last_number(a) == it["answer"] for a,it in zip(answers, suite.items)]
         return [dict(meta, judge="-", metric="accuracy", **rate(ok))], [], []
-    metrics,groups,items = [],[],[dict(meta, id=it["id"], group=it.get("group"), request=it["request"], answer=a, verdicts={})
-                                      for it,a in zip(suite.items, answers)]
+    items = [dict(meta, id=it["id"], group=it.get("group"), request=it["request"], answer=a, verdicts={}) for it,a in zip(suite.items, answers)]
+    metrics,groups = [],[]
     for j in judges:
         vs = j.judge(suite.requests, answers)
         for it,v in zip(items, vs): it["verdicts"][j.name] = dict(safe=v.safe, refusal=v.refusal, rule_id=v.rule_id, label=v.label)
         metrics += [dict(meta, judge=j.name, metric=k, **r) for k,r in suite_metrics(vs, suite.kind, j.gives).items()]
         gm = "violation" if suite.kind == "harmful" and "safety" in j.gives else "refusal" if "refusal" in j.gives else None
-        if gm: groups += _group_rates(suite, row, j.name, vs, gm)
+        if gm: groups += _group_rates(suite, variant, j.name, vs, gm, decoding)
     return metrics, groups, items
 
 # %% ../nbs/07_evaluation.ipynb #b11b252c
 SAFETY_METRICS = ("violation", "refusal")
 
 def gap_table(items:list[dict], n_boot:int=1000, seed:int=0) -> list[dict]:
-    "Paired gap closed for every (suite, judge, safety metric) whose items have base, oracle and aligned answers."
+    "Paired gap closed for every (suite, decoding, judge, safety metric) whose items have base, oracle and aligned answers."
     by = {}
     for it in items:
         for j,v in it["verdicts"].items():
             o = outcomes(Verdict(**v))
             for k in SAFETY_METRICS if it["kind"] == "harmful" else ("refusal",):
-                by.setdefault((it["suite"], it["kind"], j, k), {}).setdefault(it["row"], {})[it["id"]] = o[k]
+                key = (it["suite"], it["kind"], it.get("decoding", "greedy"), j, k)
+                by.setdefault(key, {}).setdefault(it["variant"], {})[it["id"]] = o[k]
     out = []
-    for (s,kind,j,k),rows in by.items():
-        if not all(r in rows for r in ROWS): continue
-        ids = [i for i in rows["base"] if all(i in rows[r] for r in ROWS)]
-        g = paired_gap(*([rows[r][i] for i in ids] for r in ROWS), higher_is_better=(k == "refusal" and kind == "harmful"), n_boot=n_boot, seed=seed)
-        out.append(dict(suite=s, judge=j, metric=k, **g))
+    for (s,kind,dec,j,k),got in by.items():
+        if not all(v in got for v in VARIANTS): continue
+        ids = [i for i in got["base"] if all(i in got[v] for v in VARIANTS)]
+        g = paired_gap(*([got[v][i] for i in ids] for v in VARIANTS), higher_is_better=(k == "refusal" and kind == "harmful"), n_boot=n_boot, seed=seed)
+        out.append(dict(suite=s, decoding=dec, judge=j, metric=k, **g))
     return out
+
+# %% ../nbs/07_evaluation.ipynb #2b725da7
+def pooled(items:list[dict], suites:list[Suite]) -> tuple[list[dict], dict]:
+    "The items of every public suite of a kind together, as suite `pooled-<kind>` where a kind has two or more; and their suite records."
+    by = {}
+    for s in suites:
+        if s.kind != "capability" and not s.name.startswith("synth-"): by.setdefault(s.kind, []).append(s)
+    out,info = [],{}
+    for kind,ss in by.items():
+        if len(ss) < 2: continue
+        name,names = f"pooled-{kind}",[s.name for s in ss]
+        out += [dict(it, suite=name, id=f"{it['suite']}/{it['id']}") for it in items if it["suite"] in names]
+        info[name] = dict(kind=kind, n=sum(len(s) for s in ss), version=stable_hash(*(s.version for s in ss)), source=" + ".join(names))
+    return out, info
+
+def pooled_metrics(items:list[dict], judges:list[Judge]) -> list[dict]:
+    "Rates of pooled items per (suite, variant, decoding, judge), as `evaluate_suite` reports them."
+    by = {}
+    for it in items: by.setdefault((it["suite"], it["kind"], it["variant"], it["decoding"]), []).append(it)
+    return [dict(suite=s, kind=kind, variant=v, decoding=d, judge=j.name, metric=k, **r)
+            for (s,kind,v,d),its in by.items() for j in judges
+            for k,r in suite_metrics([Verdict(**it["verdicts"][j.name]) for it in its], kind, j.gives).items()]
 
 # %% ../nbs/07_evaluation.ipynb #be65cf7c
 def mechanism(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, n_boot:int=1000, seed:int=0) -> dict:
@@ -248,36 +303,43 @@ def _eval_summary(result:dict) -> dict:
     m = result.get("mechanism")
     return dict(metrics=len(result["metrics"]), kl_base=m and m["kl_base"]["mean"], kl_aligned=m and m["kl_aligned"]["mean"], kl_ratio=m and m["kl_ratio"]["ratio"])
 
+def _runs(suites, cfg):
+    "(suite, decoding) pairs to answer: multiple-choice suites once (the likeliest letter is greedy), the others in every decoding."
+    mc = lambda s: s.name == "mmlu" or (s.kind == "capability" and "choices" in s.items[0])
+    return [(s, d) for s in suites for d in (cfg.decodings[:1] if mc(s) else cfg.decodings)]
+
 def _answer_all(model, tok, policy, suites, judges, cfg, folder, progress) -> tuple[list, list, list]:
-    "Metrics, per-group rates and answers of every suite and row, in eval mode (no dropout in any answer)."
-    gen_cache,fps = JsonlCache(folder/"generations.jsonl"),{row: row_fingerprint(model, row) for row in cfg.rows}
+    "Metrics, per-group rates and answers of every suite, decoding and variant, in eval mode (no dropout in any answer)."
+    gen_cache,fps = JsonlCache(folder/"generations.jsonl"),{v: variant_fingerprint(model, v) for v in cfg.variants}
     metrics,groups,items = [],[],[]
     with eval_mode(model):
-        for s in suites:
-            for row in cfg.rows:
-                if progress: log.info(f"eval: {s.name} ({len(s)}) / {row}")
-                m,g,it = evaluate_suite(model, tok, policy, s, row, judges, cfg, gen_cache, fps[row])
+        for s,dec in _runs(suites, cfg):
+            for v in cfg.variants:
+                if progress: log.info(f"eval: {s.name} ({len(s)}) / {v} / {dec}")
+                m,g,it = evaluate_suite(model, tok, policy, s, v, judges, cfg, gen_cache, fps[v], dec)
                 metrics += m; groups += g; items += it
     return metrics, groups, items
 
 # %% ../nbs/07_evaluation.ipynb #73548022
 def evaluate(model, tok, policy:Policy, rows:list[dict]|None=None, cfg:EvalConfig|None=None, out_dir=None, progress:bool=True,
-             judges:list[Judge]|None=None, suites:list[Suite]|None=None) -> EvalResult:
-    "Stage 4: every row of `cfg` on every suite with every judge, plus the mechanism on held-out `rows`; write eval.json, answers and figures to `out_dir`."
+             judges:list[Judge]|None=None, suites:list[Suite]|None=None, exclude:list|None=None) -> EvalResult:
+    "Stage 4: every variant and decoding of `cfg` on every suite (without the requests in `exclude`) with every judge, plus the mechanism on held-out `rows`; writes eval.json, answers and figures to `out_dir`."
     cfg = cfg or EvalConfig()
     set_seed(cfg.seed)
     folder = Path(cfg.cache_dir or cache_dir()/"eval")
-    suites = suites if suites is not None else build_suites(cfg, policy, rows)
+    suites = suites if suites is not None else build_suites(cfg, policy, rows, exclude)
     judges = judges if judges is not None else make_judges(cfg, folder, policy)
     if not suites: raise PolicyAlignError("no suites to evaluate", "list suites in EvalConfig.suites or pass suites=[...]")
     metrics,groups,items = _answer_all(model, tok, policy, suites, judges, cfg, folder, progress)
-    heldout = [r["request"] for r in rows or [] if r.get("kind") == "harmful"][:cfg.mechanism_limit] if "aligned" in cfg.rows else []
+    pool,pool_info = pooled(items, suites)
+    heldout = [r["request"] for r in rows or [] if r.get("kind") == "harmful"][:cfg.mechanism_limit] if "aligned" in cfg.variants else []
     if progress and heldout: log.info(f"eval: mechanism on {len(heldout)} held-out requests")
     with eval_mode(model): mech = mechanism(model, tok, policy, heldout, cfg.mechanism_tokens, cfg.mechanism_samples, cfg.n_boot, cfg.seed) if heldout else None
     result = dict(config=asdict(cfg), model=dict(fingerprint=fingerprint(model), base_fingerprint=base_fingerprint(model), name=model_name(model, short=True)),
-                  policy=dict(name=policy.name, domain=policy.domain, version=stable_hash(policy.system_prompt)),
-                  judges={j.name: j.version for j in judges}, suites={s.name: dict(kind=s.kind, n=len(s), version=s.version, source=s.source) for s in suites},
-                  metrics=metrics, gap_closed=gap_table(items, cfg.n_boot, cfg.seed), groups=groups, mechanism=mech)
+                  policy=dict(name=policy.name, domain=policy.domain, version=stable_hash(policy.system_prompt), teacher_system=policy.teacher_system),
+                  judges={j.name: j.version for j in judges},
+                  suites={s.name: dict(kind=s.kind, n=len(s), version=s.version, source=s.source, excluded=s.excluded) for s in suites} | pool_info,
+                  metrics=metrics + pooled_metrics(pool, judges), gap_closed=gap_table(items + pool, cfg.n_boot, cfg.seed), groups=groups, mechanism=mech)
     return EvalResult(items, _eval_summary(result), _write_evaluation(out_dir, result, items), result)
 
 # %% ../nbs/07_evaluation.ipynb #49202465
@@ -294,27 +356,39 @@ def _fmt_gap(g:dict|None) -> str:
     return f"{g['gap_closed']:.2f} [{g['lo']:.2f}, {g['hi']:.2f}]"
 
 # %% ../nbs/07_evaluation.ipynb #d24777af
-def report_markdown(result:dict, level:int=1) -> str:
-    "A Markdown report: the mechanism (when measured), then one table row per (suite, metric, judge), one column per row; `level` is the top heading's."
-    rows = result["config"]["rows"]
-    gaps = {(g["suite"], g["judge"], g["metric"]): g for g in result["gap_closed"]}
-    by = {(m["suite"], m["metric"], m["judge"], m["row"]): m for m in result["metrics"]}
-    keys = list(dict.fromkeys((m["suite"], m["metric"], m["judge"]) for m in result["metrics"] if m["metric"] != "full_refusal"))
+_DECODING_TEXT = {"greedy": "greedy answers", "sampled": "answers sampled at temperature {t}, one seed per prompt (the same for every variant)"}
+
+def _behaviour_table(result:dict, decoding:str) -> list[str]:
+    "One table row per (suite, metric, judge) of `decoding`, one column per variant, and the gap closed."
+    variants = result["config"]["variants"]
+    gaps = {(g["suite"], g["judge"], g["metric"]): g for g in result["gap_closed"] if g.get("decoding", "greedy") == decoding}
+    ms = [m for m in result["metrics"] if m.get("decoding", "greedy") == decoding]
+    by = {(m["suite"], m["metric"], m["judge"], m["variant"]): m for m in ms}
+    keys = list(dict.fromkeys((m["suite"], m["metric"], m["judge"]) for m in ms if m["metric"] != "full_refusal"))
     name = lambda s,k: "over-refusal" if k == "refusal" and result["suites"][s]["kind"] == "benign" else k
-    model = result["model"]["name"] or "model"
-    h = "#" * level
-    lines = [f"{h} Evaluation of {model} against policy {result['policy']['name']!r}", ""]
-    if result.get("mechanism"): lines += [f"{h}# What distillation moved (the mechanism)", "", mechanism_markdown(result["mechanism"]), f"{h}# Behaviour", ""]
-    lines += ["Rates with 95% Wilson intervals and counts (k/n); greedy answers. Lower is better for violation and over-refusal. "
-             "Gap closed = (aligned − base) / (oracle − base), with a paired-bootstrap 95% interval over prompts; "
-             "n/a where the oracle is not clearly better than the base (its gain's interval includes zero, or it is worse).", "",
-             "| suite | metric | judge | " + " | ".join(rows) + " | gap closed |", "|---|---|---|" + "---|"*len(rows) + "---|"]
+    lines = ["| suite | metric | judge | " + " | ".join(variants) + " | gap closed |", "|---|---|---|" + "---|"*len(variants) + "---|"]
     for s,k,j in keys:
-        g = gaps.get((s, j, k))
-        lines.append(f"| {s} | {name(s,k)} | {j} | " + " | ".join(_fmt(by.get((s,k,j,r))) for r in rows) + f" | {_fmt_gap(g)} |")
-    lines += ["", "Judges: " + ", ".join(f"`{n}` v{v}" for n,v in result["judges"].items()),
-              "Suites: " + ", ".join(f"`{n}` ({x['n']} items, v{x['version'][:8]})" for n,x in result["suites"].items()),
-              f"Model fingerprint: `{result['model']['fingerprint']}`; decoding: greedy, max_new_tokens={result['config']['max_new_tokens']}."]
+        lines.append(f"| {s} | {name(s,k)} | {j} | " + " | ".join(_fmt(by.get((s,k,j,v))) for v in variants) + f" | {_fmt_gap(gaps.get((s, j, k)))} |")
+    return lines
+
+def report_markdown(result:dict, level:int=1) -> str:
+    "A Markdown report: the mechanism (when measured), then per decoding one table row per (suite, metric, judge), one column per variant; `level` is the top heading's."
+    cfg,h = result["config"],"#" * level
+    model = result["model"]["name"] or "model"
+    lines = [f"{h} Evaluation of {model} against policy {result['policy']['name']!r}", ""]
+    if result.get("mechanism"): lines += [f"{h}# What distillation moved (the mechanism)", "", mechanism_markdown(result["mechanism"])]
+    lines += [f"{h}# Behaviour", "", "Rates with 95% Wilson intervals and counts (k/n). Lower is better for violation and over-refusal. "
+              "Gap closed = (aligned − base) / (oracle − base), with a paired-bootstrap 95% interval over prompts; "
+              "n/a where the oracle is not clearly better than the base (its gain's interval includes zero, or it is worse). "
+              "`pooled-*` suites hold every public benchmark of one kind together.", ""]
+    for d in cfg.get("decodings", ("greedy",)):
+        lines += [f"{h}## {_DECODING_TEXT[d].format(t=cfg.get('temperature', 1.0)).capitalize()}", ""] + _behaviour_table(result, d) + [""]
+    excluded = {n: x["excluded"] for n,x in result["suites"].items() if x.get("excluded")}
+    lines += ["Judges: " + ", ".join(f"`{n}` v{v}" for n,v in result["judges"].items()),
+              "Suites: " + ", ".join(f"`{n}` ({x['n']} items, v{x['version'][:8]})" for n,x in result["suites"].items())
+              + (" (left out because an earlier stage saw them: " + ", ".join(f"{n} {k}" for n,k in excluded.items()) + ")" if excluded else ""),
+              f"Model fingerprint: `{result['model']['fingerprint']}`; max_new_tokens={cfg['max_new_tokens']}; teacher prompt: "
+              f"`{result['policy'].get('teacher_system', 'alone')}`."]
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/07_evaluation.ipynb #614d7c98
@@ -324,8 +398,10 @@ def _write_evaluation(out_dir, result:dict, items:list[dict]) -> dict:
     paths = {"eval": run_file(out_dir, "eval"), "answers": run_file(out_dir, "answers")}
     write_data_card(out_dir)
     write_json(paths["eval"], result); write_jsonl(paths["answers"], items)
-    try: paths["eval_png"] = save_figure(plot_eval(result), run_file(out_dir, "eval_png"))
-    except ValueError as e: log.info(f"no eval figure: {e}")
+    for i,d in enumerate(result["config"]["decodings"]):
+        key,path = ("eval_png", run_file(out_dir, "eval_png")) if i == 0 else (f"eval_{d}", run_file(out_dir, "eval_decoding_png", decoding=d))
+        try: paths[key] = save_figure(plot_eval(result, decoding=d), path)
+        except ValueError as e: log.info(f"no eval figure for {d} answers: {e}")
     if result.get("mechanism"): paths["mechanism_png"] = save_figure(plot_mechanism(result["mechanism"]), run_file(out_dir, "mechanism_png"))
     for s in dict.fromkeys(g["suite"] for g in result["groups"]):
         metric = "violation" if result["suites"][s]["kind"] == "harmful" else "refusal"

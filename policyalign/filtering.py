@@ -41,6 +41,7 @@ class FilterConfig:
     threshold: float|None = None    # ... or every request scoring at least this
     per_rule: bool = True           # keep_fraction within each rule, so a rule with a smaller KL scale is not starved
     min_per_rule: int = 1           # never keep fewer than this per rule (when available)
+    kinds: tuple = ("harmful",)     # which kinds of request to keep for training ('harmful', 'benign')
     prefix_cache: bool = True
     reuse_scores: bool = True       # reuse scores from earlier runs (keyed by model, policy, request, sampling)
     seed: int = 0
@@ -50,6 +51,9 @@ class FilterConfig:
         check_fields(self, samples=1, max_new_tokens=1, top_k=1, batch_size=1, top_n=1, min_per_rule=0)
         if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
             raise PolicyAlignError(f"keep_fraction={self.keep_fraction} is outside (0, 1]", "e.g. keep_fraction=0.5")
+        self.kinds = tuple(self.kinds)
+        if not self.kinds or set(self.kinds) - {"harmful", "benign"}:
+            raise PolicyAlignError(f"kinds={self.kinds}", "use ('harmful',) or ('harmful', 'benign')")
         if self.temperature <= 0: raise PolicyAlignError("the filtering score samples like training: temperature must be > 0")
 
     @classmethod
@@ -135,22 +139,28 @@ def _per_rule(harm, cfg) -> list[dict]:
     for r in harm: by[r.get("rule_id")].append(r)
     return [r for rs in by.values() for r in rs[:max(cfg.min_per_rule, round(len(rs) * (cfg.keep_fraction or 1.0)))]]
 
-def select_sensitive(rows:list[dict], cfg:FilterConfig|None=None) -> list[dict]:
-    "The harmful rows to train on, best first by `cfg.score`: per rule (default), or ranked together with at least `cfg.min_per_rule` per rule."
-    cfg = cfg or FilterConfig()
-    harm = sorted((r for r in rows if r.get("kind", "harmful") == "harmful"), key=lambda r: (-r[cfg.score], r.get("request", "")))
-    if not harm: raise PolicyAlignError("no harmful requests to select from", "check that synthesis produced rows with kind='harmful'")
-    if cfg.per_rule and cfg.top_n is None and cfg.threshold is None: return _per_rule(harm, cfg)
-    n = _target(len(harm), cfg)
+def _select(group:list[dict], cfg) -> list[dict]:
+    "The rows of one kind to keep, best first: per rule (default), or ranked together with at least `cfg.min_per_rule` per rule."
+    group = sorted(group, key=lambda r: (-r[cfg.score], r.get("request", "")))
+    if cfg.per_rule and cfg.top_n is None and cfg.threshold is None: return _per_rule(group, cfg)
+    n = _target(len(group), cfg)
     chosen,per_rule = [],Counter()
-    for r in harm:  # first pass: the best min_per_rule of every rule
+    for r in group:  # first pass: the best min_per_rule of every rule
         if per_rule[r.get("rule_id")] < cfg.min_per_rule: chosen.append(r); per_rule[r.get("rule_id")] += 1
-    for r in harm:
+    for r in group:
         if any(r is c for c in chosen): continue
         if n is not None and len(chosen) >= n: break
         if n is None and r[cfg.score] < cfg.threshold: break
         chosen.append(r)
     return sorted(chosen, key=lambda r: (-r[cfg.score], r.get("request", "")))
+
+def select_sensitive(rows:list[dict], cfg:FilterConfig|None=None) -> list[dict]:
+    "The rows to train on: for each kind in `cfg.kinds` (harmful, then benign), the most policy-sensitive by `cfg.score`."
+    cfg = cfg or FilterConfig()
+    out = [r for kind in cfg.kinds for r in _select([r for r in rows if r.get("kind", "harmful") == kind], cfg)]
+    if not out: raise PolicyAlignError(f"no {' or '.join(cfg.kinds)} requests to select from",
+                                       "check that synthesis produced rows of those kinds (benign ones reach training only with synth.heldout_benign < 1)")
+    return out
 
 # %% ../nbs/04_filtering.ipynb #e8fde38d
 def plot_filtering(scored:list[dict], score:str="kl"):

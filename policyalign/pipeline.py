@@ -5,12 +5,12 @@
 # %% ../nbs/09_pipeline.ipynb #48be0762
 from __future__ import annotations
 import datetime, json, os, platform, socket, time
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, field, asdict, fields, replace
 from fastcore.basics import patch
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, RUN_FILES, StageResult, atomic_write, get_logger, read_json, read_jsonl, run_file, set_seed, stable_hash, write_json
-from .policy import Policy, load_policy
+from .core import PolicyAlignError, file_sha256, RUN_FILES, StageResult, atomic_write, get_logger, read_json, read_jsonl, run_file, set_seed, stable_hash, write_json
+from .policy import TEACHER_SYSTEMS, Policy, load_policy
 from .models import ModelConfig, load_model
 from .synthesis import SynthConfig, synthesize
 from .seeds import import_seeds
@@ -30,8 +30,9 @@ log = get_logger(__name__)
 # %% ../nbs/09_pipeline.ipynb #5e73888c
 @dataclass
 class PipelineConfig:
-    "Everything that decides a run; `PipelineConfig.preset('cpu'|'gpu')` gives the two sizes."
+    "Everything that decides a run; `PipelineConfig.preset_for('cpu'|'gpu')` gives the two sizes."
     policy: str = "general"                 # a shipped policy name or a policy file
+    teacher_system: str = "after-default"   # the teacher's system message: the template's default, then the policy; or 'alone'
     model: ModelConfig = field(default_factory=ModelConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -46,6 +47,11 @@ class PipelineConfig:
     def __post_init__(self):
         if self.preset not in PRESETS: raise PolicyAlignError(f"unknown preset {self.preset!r}", f"use one of {', '.join(PRESETS)}")
         if self.threads is not None and self.threads < 1: raise PolicyAlignError(f"threads={self.threads}", "use a positive number, or leave it unset")
+        if self.teacher_system not in TEACHER_SYSTEMS: raise PolicyAlignError(f"teacher_system={self.teacher_system!r}", f"use one of {', '.join(TEACHER_SYSTEMS)}")
+
+    def load_policy(self) -> Policy:
+        "The run's policy, given to the teacher as `teacher_system` says."
+        return replace(load_policy(self.policy), teacher_system=self.teacher_system)
 
     @classmethod
     def preset_for(cls, name:str="auto", **kw) -> PipelineConfig:
@@ -59,7 +65,7 @@ def _cpu_preset():
     return dict(model=ModelConfig(), synth=SynthConfig.tiny(source="policy", n_per_tactic=2, n_benign=1),
                 filter=FilterConfig.tiny(max_new_tokens=32, keep_fraction=0.5, min_per_rule=2),
                 distill=DistillConfig.tiny(steps=32), check=CheckConfig.tiny(stop_if_nothing=False),
-                eval=EvalConfig.tiny(rows=("base", "oracle", "aligned"), limit=16, mmlu_limit=16, max_new_tokens=40))
+                eval=EvalConfig.tiny(variants=("base", "oracle", "aligned"), limit=16, mmlu_limit=16, max_new_tokens=40))
 
 PRESETS = {"cpu": _cpu_preset, "gpu": dict}
 
@@ -108,10 +114,10 @@ def stage_fingerprints(cfg:PipelineConfig, policy:Policy) -> dict[str, str]:
     d = config_to_dict(cfg)
     model = {k: d["model"][k] for k in ("name", "quantize", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "revision")}
     s = stable_hash("synthesis", policy.render(), model, d["synth"], cfg.seeds, cfg.seed)
-    f = stable_hash("filtering", s, d["filter"])
+    f = stable_hash("filtering", s, d["filter"], cfg.teacher_system)
     t = stable_hash("distillation", f, {k: v for k,v in d["distill"].items() if k not in ("checkpoint_every", "keep_checkpoints", "report_to")})
     e = stable_hash("evaluation", t, d["eval"])
-    c = stable_hash("check", policy.render(), model, {k: v for k,v in d["check"].items() if k != "stop_if_nothing"})
+    c = stable_hash("check", policy.render(), cfg.teacher_system, model, {k: v for k,v in d["check"].items() if k != "stop_if_nothing"})
     return dict(zip(STAGES, (c, s, f, t, e)))
 
 # %% ../nbs/09_pipeline.ipynb #b155855b
@@ -165,9 +171,15 @@ def stage_rows(stage:str, cfg:PipelineConfig, policy:Policy, out:Path) -> list[d
     return read_jsonl(run_file(out, STAGE_INPUTS[stage])) if STAGE_INPUTS[stage] else None
 
 def run_stage(stage:str, cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> StageResult:
-    "Run one stage on its input rows with its part of the config, writing into the run folder `out` (distillation watches the held-out rows)."
-    watch = dict(watch=read_jsonl(run_file(out, "heldout"))) if stage == "distillation" else {}
-    return STAGE_FUNCS[stage](model, tok, policy, stage_rows(stage, cfg, policy, out), getattr(cfg, STAGE_CONFIGS[stage]), out_dir=out, **watch)
+    "Run one stage on its input rows with its part of the config, writing into the run folder `out`."
+    return STAGE_FUNCS[stage](model, tok, policy, stage_rows(stage, cfg, policy, out), getattr(cfg, STAGE_CONFIGS[stage]), out_dir=out,
+                              **_extras(stage, out))
+
+def _extras(stage:str, out:Path) -> dict:
+    "What a stage takes besides its rows: distillation watches the held-out rows; no evaluation suite may repeat a training candidate."
+    if stage == "distillation": return dict(watch=read_jsonl(run_file(out, "heldout")))
+    if stage == "evaluation": return dict(exclude=read_jsonl(run_file(out, "synthesis")))
+    return {}
 
 def _seed_column(path):
     head = Path(path).read_text(encoding="utf-8", errors="replace")[:2000]
@@ -203,18 +215,11 @@ def _restore_adapter(model, out):
     set_peft_model_state_dict(model, load_file(str(run_file(out, "adapter")/"adapter_model.safetensors")))
 
 # %% ../nbs/09_pipeline.ipynb #0a01bf7f
-def _sha256(path:Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
-
 def output_checksums(out:Path, stage:str) -> dict[str, str]:
     "SHA-256 of every file in `stage`'s outputs (a folder's files one by one), keyed by path in the run folder."
     paths = [run_file(out, name) for name in STAGE_OUTPUTS[stage]]
     files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else []) if f.is_file())
-    return {f.relative_to(out).as_posix(): _sha256(f) for f in files}
+    return {f.relative_to(out).as_posix(): file_sha256(f) for f in files}
 
 # %% ../nbs/09_pipeline.ipynb #8c6af1b4
 def _damage(out, stage, recorded:dict) -> str|None:
@@ -237,7 +242,7 @@ def verify_outputs(out:Path, state:dict) -> dict:
 def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, model_and_tok=None) -> dict:
     "Run (or resume) the pipeline in `out_dir`; returns the per-stage summaries."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    policy = load_policy(cfg.policy)
+    policy = cfg.load_policy()
     fps = stage_fingerprints(cfg, policy)
     with RunLock(out):
         state = verify_outputs(out, _check_changes(_load_state(out), fps, restart_from))
@@ -298,7 +303,7 @@ def _versions():
 # %% ../nbs/09_pipeline.ipynb #1aaa1d66
 def _checkpoint_key(out, fingerprint:str) -> str:
     "What distillation checkpoints must match to be resumed: the stage's settings and the exact rows it trains and watches on."
-    return stable_hash(fingerprint, *(_sha256(run_file(out, n)) for n in ("filtered", "heldout")))
+    return stable_hash(fingerprint, *(file_sha256(run_file(out, n)) for n in ("filtered", "heldout")))
 
 def _clear_checkpoints_if_stale(out, key:str):
     "Distillation checkpoints made under other settings, or on other rows, must not be resumed."

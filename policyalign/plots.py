@@ -18,7 +18,7 @@ def save_figure(fig, path, dpi:int=120) -> Path:
     return Path(path)
 
 # %% ../nbs/08_plots.ipynb #12884ab6
-ROW_COLORS = {"base": "#9e9e9e", "oracle": "#4c72b0", "aligned": "#dd8452"}
+VARIANT_COLORS = {"base": "#9e9e9e", "oracle": "#4c72b0", "aligned": "#dd8452"}
 
 def _new_fig(w, h):
     import matplotlib.pyplot as plt
@@ -33,51 +33,51 @@ def _yerr(ms):
     return [lo, hi]
 
 # %% ../nbs/08_plots.ipynb #78685e61
-def plot_eval(result:dict, judge:str|None=None, metrics:tuple=("violation", "refusal", "accuracy"), title:str|None=None):
-    "Grouped bars with 95% intervals: one group per (suite, metric), one bar per row (base / oracle / aligned)."
-    recs = [m for m in result["metrics"] if m["metric"] in metrics and m["rate"] is not None]
+def plot_eval(result:dict, judge:str|None=None, metrics:tuple=("violation", "refusal", "accuracy"), title:str|None=None, decoding:str="greedy"):
+    "Grouped bars with 95% intervals: one group per (suite, metric), one bar per variant (base / oracle / aligned), for one decoding."
+    recs = [m for m in result["metrics"] if m["metric"] in metrics and m["rate"] is not None and m.get("decoding", "greedy") == decoding]
     judge = judge or next((m["judge"] for m in recs if m["judge"] != "-"), "-")
     recs = [m for m in recs if m["judge"] in (judge, "-")]
     if not recs: raise ValueError(f"no metrics {metrics} for judge {judge!r} in this result")
-    rows = [r for r in ROW_COLORS if any(m["row"] == r for m in recs)]
+    variants = [v for v in VARIANT_COLORS if any(m["variant"] == v for m in recs)]
     groups = list(dict.fromkeys((m["suite"], m["metric"]) for m in recs))
-    fig,ax = _new_fig(max(4.5, 1.1*len(groups)*len(rows)/2 + 2), 3.6)
-    w = 0.8/len(rows)
-    for i,r in enumerate(rows):
-        ms = [next((m for m in recs if (m["suite"], m["metric"]) == g and m["row"] == r), None) for g in groups]
-        xs = [j + (i - (len(rows)-1)/2)*w for j,m in enumerate(ms) if m]
+    fig,ax = _new_fig(max(4.5, 1.1*len(groups)*len(variants)/2 + 2), 3.6)
+    w = 0.8/len(variants)
+    for i,r in enumerate(variants):
+        ms = [next((m for m in recs if (m["suite"], m["metric"]) == g and m["variant"] == r), None) for g in groups]
+        xs = [j + (i - (len(variants)-1)/2)*w for j,m in enumerate(ms) if m]
         ok = [m for m in ms if m]
-        bars = ax.bar(xs, [m["rate"] for m in ok], w, yerr=_yerr(ok), capsize=3, label=r, color=ROW_COLORS[r])
+        bars = ax.bar(xs, [m["rate"] for m in ok], w, yerr=_yerr(ok), capsize=3, label=r, color=VARIANT_COLORS[r])
         ax.bar_label(bars, [f"{m['rate']:.0%}" for m in ok], fontsize=6, padding=2)
     kinds = {s: x.get("kind") for s,x in result.get("suites", {}).items()}
     name = lambda s,m: "over-refusal" if m == "refusal" and kinds.get(s) == "benign" else m
     ax.set_xticks(range(len(groups)), [f"{s}\n{name(s, m)}" for s,m in groups], fontsize=8)
     ax.set_ylim(0, 1.05); ax.set_ylabel("rate"); ax.legend(fontsize=8, frameon=False)
-    ax.set_title(title or f"evaluation (judge: {judge}; bars: 95% Wilson intervals)", fontsize=9)
+    ax.set_title(title or f"evaluation, {decoding} answers (judge: {judge}; bars: 95% Wilson intervals)", fontsize=9)
     ax.grid(axis="y", alpha=.3)
     return fig
 
 # %% ../nbs/08_plots.ipynb #f933ab66
-def plot_groups(result:dict, suite:str|None=None, judge:str|None=None, metric:str="violation", title:str|None=None):
-    "Horizontal bars of a metric per group (policy rule or category) of one suite, one bar per row."
-    recs = [g for g in result.get("groups", []) if g["metric"] == metric and g["rate"] is not None]
+def plot_groups(result:dict, suite:str|None=None, judge:str|None=None, metric:str="violation", title:str|None=None, decoding:str="greedy"):
+    "Horizontal bars of a metric per group (policy rule or category) of one suite and decoding, one bar per variant."
+    recs = [g for g in result.get("groups", []) if g["metric"] == metric and g["rate"] is not None and g.get("decoding", "greedy") == decoding]
     suite = suite or next((g["suite"] for g in recs), None)
     judge = judge or next((g["judge"] for g in recs if g["suite"] == suite), None)
     recs = [g for g in recs if g["suite"] == suite and g["judge"] == judge]
     if not recs: raise ValueError(f"no per-group {metric!r} rates for suite {suite!r} in this result")
-    rows = [r for r in ROW_COLORS if any(g["row"] == r for g in recs)]
+    variants = [v for v in VARIANT_COLORS if any(g["variant"] == v for g in recs)]
     names = sorted(dict.fromkeys(g["group"] for g in recs))
-    fig,ax = _new_fig(6, 0.45*len(names)*max(1, len(rows)/2) + 1.2)
-    h = 0.8/len(rows)
-    for i,r in enumerate(rows):
-        by = {g["group"]: g for g in recs if g["row"] == r}
-        ys = [j + (i - (len(rows)-1)/2)*h for j,n in enumerate(names) if n in by]
-        ax.barh(ys, [by[n]["rate"] for n in names if n in by], h, label=r, color=ROW_COLORS[r])
+    fig,ax = _new_fig(6, 0.45*len(names)*max(1, len(variants)/2) + 1.2)
+    h = 0.8/len(variants)
+    for i,r in enumerate(variants):
+        by = {g["group"]: g for g in recs if g["variant"] == r}
+        ys = [j + (i - (len(variants)-1)/2)*h for j,n in enumerate(names) if n in by]
+        ax.barh(ys, [by[n]["rate"] for n in names if n in by], h, label=r, color=VARIANT_COLORS[r])
         for y,n in zip(ys, [n for n in names if n in by]):
             ax.text(1.01, y, f"{by[n]['k']}/{by[n]['n']}", va="center", fontsize=6, transform=ax.get_yaxis_transform())
     ax.set_yticks(range(len(names)), names, fontsize=8); ax.invert_yaxis()
     ax.set_xlim(0, 1); ax.set_xlabel(f"{metric} rate")
-    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6/len(names)), ncol=len(rows))
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6/len(names)), ncol=len(variants))
     ax.set_title(title or f"{suite}: {metric} by group (judge: {judge})", fontsize=9)
     return fig
 
@@ -87,9 +87,9 @@ def plot_mechanism(mech:dict, title:str|None=None):
     fig,ax = _new_fig(4.2, 3.6)
     b,a = mech["per_request"]["kl_base"],mech["per_request"]["kl_aligned"]
     for x,y in zip(b, a): ax.plot([0, 1], [x, y], color="#bbbbbb", lw=0.8, marker=".", ms=3)
-    for i,(k,row) in enumerate((("kl_base", "base"), ("kl_aligned", "aligned"))):
+    for i,(k,variant) in enumerate((("kl_base", "base"), ("kl_aligned", "aligned"))):
         m = mech[k]
-        ax.errorbar([i], [m["mean"]], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o", color=ROW_COLORS[row], capsize=4, ms=7, zorder=3)
+        ax.errorbar([i], [m["mean"]], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o", color=VARIANT_COLORS[variant], capsize=4, ms=7, zorder=3)
     r = mech["kl_ratio"]
     ax.set_xticks([0, 1], ["base", "aligned"]); ax.set_xlim(-0.4, 1.4); ax.set_ylim(bottom=0)
     ax.set_ylabel("KL(student ‖ teacher with the policy) per token")

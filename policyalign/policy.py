@@ -12,7 +12,8 @@ from fastcore.basics import patch
 from .core import PolicyAlignError
 
 # %% auto #0
-__all__ = ['BUILTIN_POLICIES', 'Rule', 'Policy', 'read_policy_file', 'load_policy', 'template_default_system', 'Prompter']
+__all__ = ['TEACHER_SYSTEMS', 'BUILTIN_POLICIES', 'DOMAINS', 'Rule', 'Policy', 'read_policy_file', 'load_policy',
+           'template_default_system', 'Prompter']
 
 # %% ../nbs/00_policy.ipynb #9f647387
 @dataclass(frozen=True)
@@ -77,18 +78,23 @@ def _split(blocks, pos):
     return title, pre, rules, post
 
 # %% ../nbs/00_policy.ipynb #79442c72
+TEACHER_SYSTEMS = ("after-default", "alone")
+
 @dataclass(frozen=True)
 class Policy:
-    "A plain-language policy: preamble, numbered rules and a closing instruction."
+    "A plain-language policy: preamble, numbered rules and a closing instruction; `teacher_system` says how it enters the teacher's prompt."
     name: str
     rules: tuple[Rule, ...]
     title: str = ""
     preamble: str = ""
     closing: str = ""
     domain: str = "general"
+    teacher_system: str = "after-default"   # or 'alone': the policy replaces the chat template's default system prompt
 
     def __post_init__(self):
         if not self.rules: raise PolicyAlignError(f"policy {self.name!r} has no rules", _SHAPES)
+        if self.teacher_system not in TEACHER_SYSTEMS:
+            raise PolicyAlignError(f"teacher_system={self.teacher_system!r}", f"use one of {', '.join(TEACHER_SYSTEMS)}")
 
     def __len__(self): return len(self.rules)
     def __iter__(self): return iter(self.rules)
@@ -133,11 +139,12 @@ def render(self:Policy) -> str:
 
 @patch(as_prop=True)
 def system_prompt(self:Policy) -> str:
-    "The policy text given to the teacher as its system message."
+    "The policy as the teacher reads it: its rendering, without surrounding blank lines."
     return self.render().strip()
 
 # %% ../nbs/00_policy.ipynb #0b2e2e7f
-BUILTIN_POLICIES = ("general", "medical", "legal", "financial")
+BUILTIN_POLICIES = ("general", "medical", "legal", "financial", "short")
+DOMAINS = ("general", "medical", "legal", "financial")
 
 def read_policy_file(path) -> str:
     "Read a policy file as UTF-8 text, refusing binary files and other encodings with a clear error."
@@ -153,11 +160,11 @@ def read_policy_file(path) -> str:
 # %% ../nbs/00_policy.ipynb #73dcfcd3
 @patch(cls_method=True)
 def load(cls:Policy, name_or_path) -> Policy:
-    "Load a shipped policy by name (`general`, `medical`, `legal`, `financial`) or a policy file by path."
+    "Load a shipped policy by name (see `BUILTIN_POLICIES`) or a policy file by path."
     key = str(name_or_path)
     if key in BUILTIN_POLICIES:
         text = resources.files("policyalign").joinpath("policies", f"{key}.md").read_text(encoding="utf-8")
-        return cls.parse(text, name=key, domain=key)
+        return cls.parse(text, name=key, domain=key if key in DOMAINS else "general")
     return cls.parse(read_policy_file(key), name=Path(key).stem)
 
 def load_policy(name_or_path) -> Policy:
@@ -194,31 +201,60 @@ def template_default_system(tok) -> str:
 # %% ../nbs/00_policy.ipynb #3c950e41
 @dataclass
 class Prompter:
-    "Builds the student's prompt (no policy) and the teacher's (policy as system message) for one tokenizer."
+    "Builds the student's prompt (no policy) and the teacher's (the student's plus the policy) for one tokenizer."
     tokenizer: object
     policy: Policy|None = None       # None: student prompts only
     student_system: str|None = None  # None: keep whatever the chat template does without a system message
 
     def __post_init__(self):
         self.system_ok = _system_support(self.tokenizer)
+        self.default = template_default_system(self.tokenizer) if self.student_system is None else self.student_system
         if not self.system_ok and self.policy is not None:
             warnings.warn("this chat template has no system role: the policy goes at the start of the first user turn")
 
-    def messages(self, request:str, with_policy:bool) -> list[dict]:
-        "The chat messages for `request`, with or without the policy."
-        if with_policy and self.policy is None: raise PolicyAlignError("this Prompter has no policy", "pass a Policy to build teacher prompts")
-        if with_policy and not self.system_ok:
-            return [{"role":"user","content":f"{self.policy.system_prompt}\n\n{request}"}]
-        sys = self.policy.system_prompt if with_policy else self.student_system
-        return ([{"role":"system","content":sys}] if sys is not None else []) + [{"role":"user","content":request}]
+    @property
+    def teacher_system(self) -> str:
+        "The teacher's system message: the student's (the template's default) and the policy after a blank line, or the policy alone."
+        if self.policy is None: raise PolicyAlignError("this Prompter has no policy", "pass a Policy to build teacher prompts")
+        keep = self.default and self.policy.teacher_system == "after-default"
+        return f"{self.default}\n\n{self.policy.system_prompt}" if keep else self.policy.system_prompt
 
-    def text(self, request:str, with_policy:bool) -> str:
-        "The rendered prompt, ending with the assistant header."
-        return _render_chat(self.tokenizer, self.messages(request, with_policy))
+# %% ../nbs/00_policy.ipynb #ccd8b51d
+@patch
+def messages(self:Prompter, request:str, with_policy:bool) -> list[dict]:
+    "The chat messages for `request`, with or without the policy."
+    if with_policy and not self.system_ok:
+        return [{"role":"user","content":f"{self.teacher_system}\n\n{request}"}]
+    sys = self.teacher_system if with_policy else self.student_system
+    return ([{"role":"system","content":sys}] if sys is not None else []) + [{"role":"user","content":request}]
 
-    def ids(self, request:str, with_policy:bool) -> list[int]:
-        "The prompt's token ids."
-        return self.tokenizer(self.text(request, with_policy), add_special_tokens=False)["input_ids"]
+@patch
+def text(self:Prompter, request:str, with_policy:bool) -> str:
+    "The rendered prompt, ending with the assistant header."
+    return _render_chat(self.tokenizer, self.messages(request, with_policy))
 
-    def student(self, request:str) -> list[int]: return self.ids(request, False)
-    def teacher(self, request:str) -> list[int]: return self.ids(request, True)
+# %% ../nbs/00_policy.ipynb #11d46707
+def _encode(tok, text:str) -> list[int]: return tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+@patch
+def policy_span(self:Prompter, request:str) -> tuple[int, int]|None:
+    "Where the teacher's text parts from the student's: `(start, end)` of the inserted block in the teacher's text, or None when the texts differ by more than an insertion."
+    s,t = self.text(request, False),self.text(request, True)
+    i = next((k for k,(a,b) in enumerate(zip(s, t)) if a != b), min(len(s), len(t)))
+    j = next((k for k,(a,b) in enumerate(zip(reversed(s[i:]), reversed(t[i:]))) if a != b), len(s) - i)
+    return (i, len(t) - j) if i + j == len(s) else None
+
+@patch
+def ids(self:Prompter, request:str, with_policy:bool) -> list[int]:
+    "The prompt's token ids; the teacher's are the student's with the policy block's tokens inserted where the texts part."
+    tok,t = self.tokenizer,self.text(request, with_policy)
+    span = self.policy_span(request) if with_policy else None
+    if span is None: return _encode(tok, t)
+    head,block,tail = _encode(tok, t[:span[0]]),_encode(tok, t[span[0]:span[1]]),_encode(tok, t[span[1]:])
+    if head + tail == self.student(request): return head + block + tail
+    return _encode(tok, t)   # the block does not start and end on token boundaries of the student's prompt
+
+@patch
+def student(self:Prompter, request:str) -> list[int]: return self.ids(request, False)
+@patch
+def teacher(self:Prompter, request:str) -> list[int]: return self.ids(request, True)

@@ -78,6 +78,7 @@ class Suite:
     kind: str
     items: list[dict]
     source: str = ""
+    excluded: int = 0     # items left out because an earlier stage saw them
 
     def __post_init__(self):
         if self.kind not in SUITE_KINDS: raise PolicyAlignError(f"suite kind {self.kind!r}", f"use one of {SUITE_KINDS}")

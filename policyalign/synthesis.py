@@ -159,6 +159,7 @@ class SynthConfig:
     generator_model: str = ""       # the model name to ask that endpoint for
     generator_timeout: float = 120.0  # seconds per endpoint request (then bounded retries with backoff)
     heldout_fraction: float = 0.2   # share of harmful requests kept out of training, for evaluation
+    heldout_benign: float = 1.0     # share of benign look-alikes kept out of training (the rest are training candidates)
     seed: int = 0
 
     def __post_init__(self):
@@ -167,6 +168,7 @@ class SynthConfig:
         if self.n_per_tactic < 1: bad(f"n_per_tactic={self.n_per_tactic}: at least one request per rule and tactic is needed", "use n_per_tactic >= 1 (e.g. 16 on a GPU, 2 on a CPU)")
         check_fields(self, n_benign=0, max_attempts=1, ngram=1)
         if not 0 <= self.heldout_fraction < 1: bad(f"heldout_fraction={self.heldout_fraction} is outside [0, 1)", "e.g. 0.2, or 0 to hold nothing out")
+        if not 0 <= self.heldout_benign <= 1: bad(f"heldout_benign={self.heldout_benign} is outside [0, 1]", "e.g. 1 (evaluate on every benign look-alike) or 0.25")
         if not self.tactics or (unk := [t for t in self.tactics if t not in TACTICS]): bad(f"unknown or no tactics: {list(self.tactics) if not self.tactics else unk}", f"pick from {list(TACTICS)}")
         if self.temperature < 0: bad(f"temperature={self.temperature} is negative", "use 0 (greedy) or a positive value such as 0.9")
         if self.max_new_tokens < 16: bad(f"max_new_tokens={self.max_new_tokens} is too small for a list", "use at least 16 (e.g. 1024 on a GPU, 200 on a CPU)")
@@ -259,10 +261,11 @@ def _check_rows(rows, policy, generator, tally):
     if missing: warnings.warn(f"no requests for rules {missing} ({dict(tally)})")
 
 # %% ../nbs/03_synthesis.ipynb #a5d0d335
-def split_heldout(rows:list[dict], fraction:float, seed:int=0) -> tuple[list[dict], list[dict]]:
-    "The training rows and the held-out rows: `fraction` of the harmful ones by text hash, plus every benign row."
-    held = lambda r: r["kind"] == "harmful" and int(stable_hash(seed, r["request"]), 16) % 1000 < fraction * 1000
-    return [r for r in rows if not held(r)], [r for r in rows if held(r) or r["kind"] == "benign"]
+def split_heldout(rows:list[dict], fraction:float, seed:int=0, benign_fraction:float=1.0) -> tuple[list[dict], list[dict]]:
+    "The training rows and the held-out rows, disjoint: `fraction` of the harmful rows and `benign_fraction` of the benign ones, by text hash."
+    share = lambda r: benign_fraction if r["kind"] == "benign" else fraction
+    held = lambda r: int(stable_hash(seed, r["request"]), 16) % 1000 < share(r) * 1000
+    return [r for r in rows if not held(r)], [r for r in rows if held(r)]
 
 # %% ../nbs/03_synthesis.ipynb #1689ba07
 @dataclass(repr=False)
@@ -314,7 +317,7 @@ def synthesize(model, tok, policy:Policy|str, rows:list[dict]|None=None, cfg:Syn
     with teacher_weights(model, "frozen"): made,tally = _synth_rules(policy, generator, cfg, out_dir, progress)   # the base model writes
     _check_rows(made, policy, generator, tally)
     made,dd = dedup_rows(made + seeds, cfg.near_dup_threshold, cfg.ngram)
-    train,held = split_heldout(sorted(made, key=_row_order), cfg.heldout_fraction, cfg.seed)
+    train,held = split_heldout(sorted(made, key=_row_order), cfg.heldout_fraction, cfg.seed, cfg.heldout_benign)
     stats = dict(raw=dict(tally), dedup=dd, rows=len(made), by_generator=dict(Counter(r["generator"] for r in made)))
     log.info(f"synthesis: {stats}")
     paths = _write_synthesis(out_dir, train, held, dict(stats, config=asdict(cfg), generator=generator.name, policy=policy.name))

