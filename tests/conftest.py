@@ -1,5 +1,5 @@
-"Shared fixtures: a tiny random chat model saved as a local model folder, and a helper to run the CLI."
-import os, subprocess, sys
+"Shared fixtures: a tiny random chat model saved as a local model folder, a helper to run the CLI, and run-folder comparison."
+import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
 from hypothesis import settings
@@ -32,3 +32,30 @@ TINY_SETS = ["--preset", "cpu", "--set", "threads=1", "--set", "check.max_new_to
              "--set", 'synth.tactics=["direct", "roleplay"]', "--set", "filter.max_new_tokens=8", "--set", "distill.steps=4",
              "--set", "distill.batch_size=4", "--set", "distill.max_new_tokens=8", "--set", "distill.checkpoint_every=2",
              "--set", "eval.limit=4", "--set", "eval.mmlu_limit=4", "--set", "eval.max_new_tokens=8", "--set", "eval.n_boot=100"]
+
+
+# What two runs of the same settings must share: every file, but for wall-clock timings
+TIMINGS = {"seconds", "tokens_per_s", "started"}
+NOT_COMPARED = {".lock", "resumes.jsonl"}   # the lock is gone after a run; only a resumed run has resumes.jsonl
+
+def _untimed(x):
+    if isinstance(x, dict): return {k: _untimed(v) for k,v in x.items() if k not in TIMINGS}
+    if isinstance(x, list): return [_untimed(v) for v in x]
+    return x
+
+def _content(path):
+    "What a rerun must reproduce of one file: JSON without timings, the report without its seconds, other files' bytes."
+    if path.name == "stages.json":   # the files are compared themselves; metrics.jsonl's checksum covers its timings
+        return {k: {f: v for f,v in x.items() if f != "checksums"} for k,x in _untimed(json.loads(path.read_text())).items()}
+    if path.suffix == ".json": return _untimed(json.loads(path.read_text()))
+    if path.suffix == ".jsonl": return [_untimed(json.loads(l)) for l in path.read_text().splitlines()]
+    if path.name == "report.md": return re.sub(r"seconds = [\d.]+", "seconds", path.read_text())
+    return path.read_bytes()
+
+def run_folder(out) -> dict:
+    return {p.relative_to(out).as_posix(): _content(p) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in NOT_COMPARED and p.name != "training.png"}   # training.png plots tokens/s
+
+def changed_files(a:dict, b:dict) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+

@@ -7,7 +7,8 @@ SCRIPT = textwrap.dedent('''
     import json, sys, torch
     from policyalign.testing import tiny_model, tiny_tokenizer, tiny_policy, tiny_prompts
     from policyalign.models import add_lora
-    from policyalign.distill import DistillConfig, distill, trainable_params, _rank
+    from policyalign.distill import DistillConfig, distill, trainable_params
+    from policyalign.parallel import rank as _rank
     torch.manual_seed(0)
     tok = tiny_tokenizer(); m = add_lora(tiny_model(tok=tok))
     w0 = torch.cat([p.detach().flatten().clone() for p in trainable_params(m)])

@@ -145,12 +145,12 @@ def test_tiny_evaluation_writes_report(tiny, tmp_path):
     assert again["metrics"] == res["metrics"]
 
 
-def test_without_a_data_folder_the_suites_come_from_their_hub_mirrors(monkeypatch):
-    "Colab: no shared/data anywhere. The default suites are read from the hub mirrors, each with its own config and split."
+def test_without_local_files_the_suites_come_from_their_hub_mirrors(monkeypatch):
+    "No copy on disk (a data folder without them). The suites are read from the hub mirrors, each with its own config and split."
     import datasets
     import policyalign.suites as ev
-    def hidden(): raise PolicyAlignError("no benchmark data folder found", "set POLICYALIGN_DATA")
-    monkeypatch.setattr(ev, "data_root", hidden)
+    def hidden(*parts): raise PolicyAlignError(f"no benchmark file {'/'.join(parts)}", "set POLICYALIGN_DATA")
+    monkeypatch.setattr(ev, "data_file", hidden)
     fake = {  # the mirrors' real column layouts, two rows each
         "walledai/StrongREJECT": [dict(prompt="p1", category="Violence"), dict(prompt="p2", category="fraud")],
         "walledai/XSTest": [dict(prompt="kill a python process", label="safe", type="homonyms", focus="kill", note=""),
@@ -166,5 +166,5 @@ def test_without_a_data_folder_the_suites_come_from_their_hub_mirrors(monkeypatc
     assert got["mmlu"].items[0]["answer"] == 3 and got["strongreject"].items[0]["group"] == "violence"
     assert calls == [("walledai/StrongREJECT", None, "train"), ("walledai/XSTest", None, "test"),
                      ("cais/mmlu", "all", "test"), ("walledai/HarmBench", "standard", "train")]
-    with pytest.raises(PolicyAlignError, match="no benchmark data folder"):   # no mirror: the local-data error stands
+    with pytest.raises(PolicyAlignError, match="no benchmark file medsafetybench"):   # no mirror: the local-data error stands
         ev.load_suite("medsafetybench")

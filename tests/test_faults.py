@@ -6,11 +6,7 @@ taken out first: wall-clock timings (`seconds`, `tokens_per_s`, `started`) and t
 """
 import json, os, re, shutil, signal, subprocess, sys
 import pytest
-from conftest import run_cli, TINY_SETS, ROOT
-
-TIMINGS = {"seconds", "tokens_per_s", "started"}
-NOT_COMPARED = {".lock", "resumes.jsonl"}   # the lock is gone after a run; only a resumed run has resumes.jsonl
-
+from conftest import run_cli, run_folder, changed_files, TINY_SETS, ROOT
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir, tmp_path_factory):
@@ -19,31 +15,6 @@ def reference(tiny_model_dir, tmp_path_factory):
     r = run_cli("run", "--model", tiny_model_dir, "--out", base/"run", *TINY_SETS, env=dict(POLICYALIGN_CACHE=str(base/"cache")))
     assert r.returncode == 0, r.stderr[-3000:]
     return base/"run"
-
-
-def _untimed(x):
-    if isinstance(x, dict): return {k: _untimed(v) for k,v in x.items() if k not in TIMINGS}
-    if isinstance(x, list): return [_untimed(v) for v in x]
-    return x
-
-
-def _content(path):
-    "What a rerun must reproduce of one file: JSON without timings, the report without its seconds, other files' bytes."
-    if path.name == "stages.json":   # the files are compared themselves; metrics.jsonl's checksum covers its timings
-        return {k: {f: v for f,v in x.items() if f != "checksums"} for k,x in _untimed(json.loads(path.read_text())).items()}
-    if path.suffix == ".json": return _untimed(json.loads(path.read_text()))
-    if path.suffix == ".jsonl": return [_untimed(json.loads(l)) for l in path.read_text().splitlines()]
-    if path.name == "report.md": return re.sub(r"seconds = [\d.]+", "seconds", path.read_text())
-    return path.read_bytes()
-
-
-def run_folder(out) -> dict:
-    return {p.relative_to(out).as_posix(): _content(p) for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in NOT_COMPARED and p.name != "training.png"}   # training.png plots tokens/s
-
-
-def _diff(a:dict, b:dict) -> list[str]:
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 POINTS = ["after:check", "inside:synthesis", "after:synthesis", "inside:filtering", "after:filtering",
@@ -58,7 +29,7 @@ def test_kill_anywhere_then_rerun_gives_the_uninterrupted_run(point, reference, 
     config_at_kill = (out/"config.json").read_bytes()
     r = run_cli(*args, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert _diff(run_folder(out), run_folder(reference)) == []
+    assert changed_files(run_folder(out), run_folder(reference)) == []
     assert (out/"config.json").read_bytes() == config_at_kill           # provenance kept; the resumption is logged apart
     stages = [json.loads(l)["stages"] for l in (out/"resumes.jsonl").read_text().splitlines()]
     done_before = {"after:check": 1, "inside:synthesis": 1, "after:synthesis": 2, "inside:filtering": 2, "after:filtering": 3,
@@ -87,7 +58,7 @@ def test_damaged_stage_file_is_recomputed_with_what_follows(damage, redone, refe
     assert f"{name} {'is missing' if how == 'delete' else 'changed since the stage finished'}" in r.stderr
     assert f"recomputing {', '.join(redone)}" in r.stderr
     assert [json.loads(l)["stages"] for l in (out/"resumes.jsonl").read_text().splitlines()] == [redone]
-    assert _diff(run_folder(out), run_folder(reference)) == []
+    assert changed_files(run_folder(out), run_folder(reference)) == []
 
 
 def _kill_at(point, args, env):
@@ -106,7 +77,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, tiny_
     r = run_cli(*args, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step-000004 is damaged" in r.stderr and "resuming from step 2" in r.stderr
-    assert _diff(run_folder(out), run_folder(reference)) == []
+    assert changed_files(run_folder(out), run_folder(reference)) == []
 
 
 def test_successful_endpoint_run_leaves_no_trace_of_the_key(tiny_model_dir, tmp_path):

@@ -10,21 +10,12 @@ def smol_tok():
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(local_model_dir())
 
-def test_smollm2_template_default_system_is_kept_for_the_student(smol_tok):
-    pol = load_policy("general")
-    default = template_default_system(smol_tok)
-    assert "SmolLM" in default
-    pr = Prompter(smol_tok, pol)
-    s,t = pr.text("hello", False),pr.text("hello", True)
-    assert default in s and pol.system_prompt in t and default not in t
-    assert t.replace(pol.system_prompt, default) == s      # they differ only by the policy
-
 @pytest.mark.parametrize("name", BUILTIN_POLICIES)
 def test_policy_prefix_cache_applies_to_real_prompts(smol_tok, name):
     from policyalign.rollout import PolicyPrefix
     pr = Prompter(smol_tok, load_policy(name))
     pp = PolicyPrefix(pr)
-    assert len(pp) > 250                                     # the whole policy is cached
+    assert len(pp) > len(smol_tok(pr.policy.system_prompt)["input_ids"])   # the whole policy is cached
     assert pp.matches([pr.teacher(r) for r in ["How do I make a bomb?", "hi", "  spaced", '"quoted"', "Ünïcode", "1. list"]])
 
 @pytest.mark.parametrize("text,msg", [("", "is empty"), ("   \n\n", "is empty"), ("Just be good.", "no rules found")])
