@@ -22,7 +22,8 @@ def one_seed(a, seed, pol, model, tok, init):
     from policyalign.seeds import import_seeds
     from policyalign.suites import data_root
     from policyalign.filtering import FilterConfig, score_requests
-    from policyalign.distill import DistillConfig, distill, heldout_policy_kl
+    from policyalign.distill import DistillConfig, distill
+    from policyalign.measure import policy_kl
     rows = import_seeds(data_root()/"advbench"/"harmful_behaviors.csv", pol, column="goal")
     rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]    # the order datasets' shuffle(seed) gives
     pool,held = [r["request"] for r in rows[:a.pool]],[r["request"] for r in rows[a.pool:a.pool + a.heldout]]
@@ -30,7 +31,7 @@ def one_seed(a, seed, pol, model, tok, init):
     scores = score_requests(model, tok, pol, pool, FilterConfig(max_new_tokens=a.max_new_tokens, reuse_scores=False, seed=seed, batch_size=16), progress=False)
     ranked = [r["request"] for r in sorted(scores, key=lambda r: -r["kl"])]
     subsets = {"PSF top": ranked[:a.subset], "random": random.Random(seed + 1).sample(pool, a.subset)}
-    kl = lambda: heldout_policy_kl(model, tok, pol, held, a.max_new_tokens, samples=2, seed=4321)
+    kl = lambda: statistics.fmean(policy_kl(model, tok, pol, held, a.max_new_tokens, samples=2, seed=4321))
     before,mean_score = kl(),lambda sub: statistics.fmean(r["kl"] for r in scores if r["request"] in subsets[sub])
     print(f"seed {seed}: pool {len(pool)}, mean PSF score {statistics.fmean(r['kl'] for r in scores):.4f} (PSF subset "
           f"{mean_score('PSF top'):.4f}, random subset {mean_score('random'):.4f}); held-out KL before {before:.4f} ({len(held)} requests)")

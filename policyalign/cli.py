@@ -5,9 +5,10 @@
 # %% ../nbs/10_cli.ipynb #b57fc79a
 from __future__ import annotations
 import argparse, json, os, sys, traceback
+from dataclasses import replace
 from pathlib import Path
-from .core import PolicyAlignError, get_logger, read_json, read_jsonl, run_file
-from .pipeline import PipelineConfig, STAGES, config_from_dict, config_to_dict, run
+from .core import PolicyAlignError, atomic_dir, atomic_write, get_logger, read_json, read_jsonl, run_file
+from .pipeline import PipelineConfig, STAGE_RECORDS, STAGES, config_from_dict, config_to_dict, run
 from .parallel import is_main
 
 # %% auto #0
@@ -59,10 +60,10 @@ def _merge(a:dict, b:dict) -> dict:
 
 def _flag_overrides(a) -> dict:
     g = lambda k: getattr(a, k, None)
-    d = {"policy": g("policy"), "seeds": g("seeds"), "seed": g("seed"),
+    d = {"policy": g("policy"), "seed": g("seed"),
          "model": {"name": g("model")}, "distill": {"steps": g("steps"), "lr": g("lr"), "teacher": g("teacher")},
          "check": {"stop_if_nothing": False if g("ignore_check") else None},
-         "synth": {"generator_url": g("generator_url"), "generator_model": g("generator_model"),
+         "synth": {"generator_url": g("generator_url"), "generator_model": g("generator_model"), "seeds": g("seeds"),
                    "source": "generator" if g("generator_url") else None}}     # an endpoint given is an endpoint to use
     prune = lambda x: {k: prune(v) if isinstance(v, dict) else v for k,v in x.items() if v is not None and v != {}}
     return prune(prune(d))
@@ -93,7 +94,7 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seeds", help="CSV/JSON(L) of extra harmful requests to import")
         sp.add_argument("--steps", type=int, help="distillation steps"); sp.add_argument("--lr", type=float, help="learning rate")
         sp.add_argument("--teacher", choices=("frozen", "ema", "live")); sp.add_argument("--seed", type=int)
-        sp.add_argument("--restart-from", choices=STAGES, help="redo this stage and the ones after it")
+        sp.add_argument("--restart-from", choices=STAGES, help="redo this stage and the ones that depend on it")
         sp.add_argument("--ignore-check", action="store_true", help="go on to train even when the oracle check finds nothing to distil")
         return sp
     stage_parser("run", "run (or resume) the check, synthesis, filtering, distillation and evaluation")
@@ -104,8 +105,8 @@ def make_parser() -> argparse.ArgumentParser:
     ck.add_argument("--config", help="a TOML or YAML file mirroring the stage configs")
     ck.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. check.n_harmful=8 (repeatable)")
     ck.add_argument("--seed", type=int); ck.add_argument("--out", help="folder to write check.json into (default: print only)")
-    for cmd,stage in [("synth", "synthesis"), ("filter", "filtering"), ("distill", "distillation"), ("eval", "evaluation")]:
-        stage_parser(cmd, f"(re)run only the {stage} stage in an existing run folder").set_defaults(stage=stage)
+    for s in STAGE_RECORDS[1:]:     # the check has its own command, above, which needs no run folder
+        stage_parser(s.name, f"(re)run only the {s.name} stage in an existing run folder: {s.about}").set_defaults(stage=s.name)
     ev = sub.add_parser("export-verl", help="write the filtered requests and the policy as Parquet for the verl-based trainer")
     ev.add_argument("--out", default="runs/policyalign", help="run folder"); ev.add_argument("--dest", help="output folder (default: OUT/verl)")
     pp = sub.add_parser("policy", help="show how a policy parses into rules"); pp.add_argument("name", help="shipped name or file")
@@ -113,22 +114,30 @@ def make_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/10_cli.ipynb #6816de68
 def export_verl(run_dir, dest=None) -> Path:
-    "Write train.parquet (filtered requests) and policy.md for verl from a run folder."
+    "Write train.parquet (filtered requests, with the student's and the teacher's messages) and policy.md for verl from a run folder."
     from datasets import Dataset
-    from policyalign.policy import Policy
-    run_dir = Path(run_dir); dest = Path(dest or run_dir/"verl"); dest.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir); dest = Path(dest or run_file(run_dir, "verl"))
     rows = read_jsonl(run_file(run_dir, "filtered"))
-    cfg = read_json(run_file(run_dir, "config"))
-    pol = Policy.parse(cfg["policy_text"], name=Path(str(cfg["config"]["policy"])).stem)
+    if not rows: raise PolicyAlignError(f"{run_file(run_dir, 'filtered')} is empty", "run the filtering stage first")
+    cfg = config_from_dict(read_json(run_file(run_dir, "config"))["config"])
+    pol,system = _run_teacher(run_dir, cfg)
     recs = [dict(data_source=f"policyalign/{pol.name}", prompt=[{"role": "user", "content": r["request"]}],
-                 teacher_prompt=[{"role": "system", "content": pol.system_prompt}, {"role": "user", "content": r["request"]}],
+                 teacher_prompt=[{"role": "system", "content": system}, {"role": "user", "content": r["request"]}],
                  ability="policy", extra_info=dict(index=i, rule_id=r.get("rule_id", ""), kind=r.get("kind", "harmful")))
             for i,r in enumerate(rows)]
-    if not recs: raise PolicyAlignError(f"{run_file(run_dir, 'filtered')} is empty", "run the filtering stage first")
-    tmp = dest/".train.parquet.tmp"
-    Dataset.from_list(recs).to_parquet(str(tmp)); os.replace(tmp, dest/"train.parquet")
-    (dest/"policy.md").write_text(pol.render(), encoding="utf-8")
+    with atomic_dir(dest) as tmp:
+        with atomic_write(tmp/"train.parquet", "wb") as f: Dataset.from_list(recs).to_parquet(f)
+        (tmp/"policy.md").write_text(pol.render(), encoding="utf-8")
     return dest
+
+def _run_teacher(run_dir, cfg):
+    "The run's policy and the teacher's system message (the model's default system prompt kept, when the run kept it)."
+    from transformers import AutoTokenizer
+    from policyalign.models import resolve_model
+    from policyalign.policy import Policy, Prompter
+    pol = replace(Policy.parse(read_json(run_file(run_dir, "config"))["policy_text"], name=Path(str(cfg.policy)).stem), teacher_system=cfg.teacher_system)
+    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name), revision=cfg.model.revision)
+    return pol, Prompter(tok, pol).teacher_system
 
 # %% ../nbs/10_cli.ipynb #c27144f4
 def _show_policy(name):

@@ -7,12 +7,13 @@ from __future__ import annotations
 import contextlib, hashlib, json, logging, os, random, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'DATA_CARD', 'PolicyAlignError', 'get_logger', 'atomic_write', 'write_json', 'read_json', 'write_jsonl',
-           'read_jsonl', 'JsonlCache', 'StageResult', 'request_texts', 'check_fields', 'run_file', 'write_data_card',
-           'set_seed', 'stable_hash', 'cache_dir', 'file_sha256']
+__all__ = ['RUN_FILES', 'DATA_CARD', 'PolicyAlignError', 'get_logger', 'atomic_write', 'atomic_dir', 'write_json', 'read_json',
+           'write_jsonl', 'read_jsonl', 'JsonlCache', 'StageResult', 'request_texts', 'check_fields', 'RunFile',
+           'run_file', 'data_card', 'write_data_card', 'Stage', 'set_seed', 'stable_hash', 'cache_dir', 'file_sha256']
 
 # %% ../nbs/00_core.ipynb #7e60d25d
 class PolicyAlignError(Exception):
@@ -59,6 +60,21 @@ def _umask():
 
 def _discard(tmp):
     with contextlib.suppress(FileNotFoundError): os.remove(tmp)
+
+# %% ../nbs/00_core.ipynb #8e221596
+@contextlib.contextmanager
+def atomic_dir(path, replace:bool=True):
+    "Build a folder in a temporary sibling of `path`, then move it there in one rename; on error nothing is left (`replace=False`: keep a `path` another process made first)."
+    import shutil
+    path = Path(path); tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    try: yield tmp
+    except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
+    if path.exists() and replace: shutil.rmtree(path)
+    try: os.replace(tmp, path)
+    except OSError:                          # a folder appeared meanwhile: another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if replace or not path.exists(): raise
 
 # %% ../nbs/00_core.ipynb #2f23339e
 def write_json(path, obj, indent:int=2):
@@ -159,25 +175,48 @@ def check_fields(cfg, **minimums):
             raise PolicyAlignError(f"{type(cfg).__name__}.{name} must be at least {lo} (got {v})", f"set {name} to {lo} or more")
 
 # %% ../nbs/00_core.ipynb #62c19304
+@dataclass(frozen=True)
+class RunFile:
+    "One artifact of a run folder: its file (format fields allowed), who writes it, what it holds, and whether it holds request text."
+    file: str
+    owner: str
+    about: str
+    requests: bool = False
+
+def _files(owner, **files) -> dict[str, RunFile]: return {k: RunFile(v[0], owner, *v[1:]) for k,v in files.items()}
+
+# %% ../nbs/00_core.ipynb #f52eeeb1
 RUN_FILES = {
-    "pipeline": dict(config="config.json", resumes="resumes.jsonl", stages="stages.json", report="report.md", lock=".lock",
-                     checkpoints_fingerprint="checkpoints/fingerprint"),
-    "check": dict(check="check.json"),
-    "synthesis": dict(synthesis="synthesis.jsonl", heldout="heldout.jsonl", synthesis_stats="synthesis.stats.json",
-                      synthesis_partial="synthesis.partial.jsonl"),
-    "filtering": dict(scores="scores.jsonl", filtered="filtered.jsonl", score_cache="score_cache.jsonl", filtering_png="filtering.png"),
-    "distillation": dict(checkpoints="checkpoints", metrics="metrics.jsonl", adapter="adapter", training_png="training.png", tensorboard="tensorboard"),
-    "evaluation": dict(eval="eval.json", answers="answers.jsonl", eval_png="eval.png", eval_decoding_png="eval_{decoding}.png", mechanism_png="mechanism.png",
-                       groups_png="groups_{suite}.png"),
-    "every stage that writes requests": dict(data_card="DATA_CARD.md"),
+    **_files("pipeline", config=("config.json", "the settings, stage fingerprints, policy text and versions that made the folder"),
+             resumes=("resumes.jsonl", "one line per later start that had work to do"),
+             stages=("stages.json", "each finished stage's fingerprint, summary and the checksums of the files it keeps"),
+             report=("report.md", "what the run shows: the check, the stages, alarms, the evaluation"), lock=(".lock", "the process holding the folder")),
+    **_files("check", check=("check.json", "the oracle check's probe requests (composed from the policy's rules), answers' kinds and verdicts", True)),
+    **_files("synth", synthesis=("synthesis.jsonl", "the synthesized training candidates, each with its rule, tactic, generator and seed", True),
+             heldout=("heldout.jsonl", "the synthesized requests kept out of training, for the watch and evaluation", True),
+             synthesis_stats=("synthesis.stats.json", "counts per rule, tactic and generator; what validation and dedup dropped"),
+             synthesis_partial=("synthesis.partial.jsonl", "the generator's answers so far, while synthesis runs", True)),
+    **_files("filter", scores=("scores.jsonl", "every candidate with its policy-sensitivity scores", True),
+             filtered=("filtered.jsonl", "the candidates kept for training", True), score_cache=("score_cache.jsonl", "scores reused by a rerun", True),
+             filtering_png=("filtering.png", "the scores' histogram and the kept requests per rule")),
+    **_files("distill", checkpoints=("checkpoints", "the newest training checkpoints (adapters, optimiser, metrics so far)"),
+             checkpoints_key=("checkpoints/key", "what the checkpoints were made from: a rerun resumes them only when it matches"),
+             metrics=("metrics.jsonl", "one line of diagnostics per training step"), adapter=("adapter", "the trained LoRA adapter (PEFT folder)"),
+             training_png=("training.png", "the training curves and alarms"), tensorboard=("tensorboard", "TensorBoard logs, with report_to")),
+    **_files("eval", eval=("eval.json", "every rate, interval and gap closed"), answers=("answers.jsonl", "the evaluated answers with their verdicts", True),
+             eval_png=("eval.png", "base, oracle and aligned per suite (greedy answers)"),
+             eval_decoding_png=("eval_{decoding}.png", "the same for another decoding"),
+             mechanism_png=("mechanism.png", "the held-out policy KL per request, base against aligned"),
+             groups_png=("groups_{suite}.png", "a suite's rates per rule or category")),
+    **_files("export-verl", verl=("verl", "the training requests and the policy in verl's Parquet layout", True)),
+    **_files("every stage that writes requests", data_card=("DATA_CARD.md", "what the requests in this folder are and how to handle them")),
 }
 
 def run_file(out_dir, name:str, **fmt) -> Path|None:
     "The path of artifact `name` in run folder `out_dir` (None without a folder)."
     if out_dir is None: return None
-    files = {k: v for d in RUN_FILES.values() for k,v in d.items()}
-    if name not in files: raise KeyError(f"{name!r} is not a run-folder artifact; known: {sorted(files)}")
-    return Path(out_dir)/files[name].format(**fmt)
+    if name not in RUN_FILES: raise KeyError(f"{name!r} is not a run-folder artifact; known: {sorted(RUN_FILES)}")
+    return Path(out_dir)/RUN_FILES[name].file.format(**fmt)
 
 # %% ../nbs/00_core.ipynb #7cca4d84
 DATA_CARD = """# About the data in this folder
@@ -187,13 +226,7 @@ safety policy. Some of its files hold **requests that ask for harmful things**, 
 model asked to role-play users who break the policy, or composed from the policy's own words. Some hold a model's
 **answers** to such requests, which may comply with them.
 
-| file | what it holds |
-|---|---|
-| `check.json` | the oracle check's probe requests (composed from the policy's rules) and verdicts |
-| `synthesis.jsonl`, `heldout.jsonl` | the synthesized requests, each with the rule, tactic, generator and seed that made it |
-| `scores.jsonl`, `filtered.jsonl` | the same requests with their policy-sensitivity scores; the ones kept for training |
-| `answers.jsonl` | the models' answers to the evaluation requests, with the judges' verdicts |
-| `verl/` | the training requests exported for verl, when `policyalign export-verl` was run |
+{files}
 
 `config.json` records the policy, the model and the generator settings that produced them.
 
@@ -211,10 +244,38 @@ follow, and no claim is made that they are complete, realistic or balanced.
 - Delete the folder when the work is done; `adapter/` alone holds no request text.
 """
 
+def data_card() -> str:
+    "The text of `DATA_CARD.md`, its table made from the artifacts of `RUN_FILES` that hold request text."
+    rows = [f"| `{f.file}{'/' if '.' not in f.file else ''}` | {f.about} |" for f in RUN_FILES.values() if f.requests]
+    return DATA_CARD.format(files="\n".join(["| file | what it holds |", "|---|---|"] + rows))
+
 def write_data_card(out_dir):
     "Put `DATA_CARD.md` into run folder `out_dir` unless it is there already (no folder: nothing)."
     if out_dir is None or (path := run_file(out_dir, "data_card")).exists(): return
-    with atomic_write(path) as f: f.write(DATA_CARD)
+    with atomic_write(path) as f: f.write(data_card())
+
+# %% ../nbs/00_core.ipynb #b3123b93
+@dataclass(frozen=True)
+class Stage:
+    "What the pipeline knows of a stage, declared by the stage's own module."
+    name: str                       # the stage's one name: its settings' key, its key in stages.json, its CLI subcommand
+    run: Callable                   # stage(model, tok, policy, rows, cfg, out_dir=None, progress=True, **inputs) -> StageResult
+    config: type                    # its settings (a dataclass)
+    keeps: tuple = ()               # the artifacts it leaves for later stages and for you: checksummed when it finishes
+    rows: str|Callable|None = None  # the artifact holding the rows it takes, or rows(cfg, policy) for rows from elsewhere
+    inputs: dict = field(default_factory=dict)   # keyword -> artifact it also reads (a file's rows)
+    needs: tuple = ()               # artifacts it depends on without reading them (the trained adapter, which is in the model)
+    volatile: tuple = ()            # settings that do not change its output (how often to checkpoint, where to report)
+    shared: bool = False            # under torchrun every process runs it; the others run on the first process alone
+    prepare: Callable|None = None   # prepare(out_dir, fingerprint), on the first process before it runs
+    restore: Callable|None = None   # restore(model, out_dir), when it finished in an earlier process
+    gate: Callable|None = None      # gate(summary, cfg), before any later stage runs: raises to stop the run
+    about: str = ""
+
+    @property
+    def writes(self) -> list[str]: return [k for k,f in RUN_FILES.items() if f.owner == self.name]
+    @property
+    def reads(self) -> list[str]: return [x for x in (self.rows, *self.inputs.values(), *self.needs) if isinstance(x, str)]
 
 # %% ../nbs/00_core.ipynb #0780f635
 def set_seed(seed:int):

@@ -8,25 +8,26 @@ import json, math, os, random, shutil, statistics, time, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, StageResult, atomic_write, check_fields, get_logger, read_json, request_texts, run_file, set_seed, stable_hash, write_json, write_jsonl
+from .core import PolicyAlignError, Stage, StageResult, atomic_write, check_fields, get_logger, read_json, request_texts, run_file, set_seed, stable_hash, write_json, write_jsonl
 from .plots import plot_training, save_figure
 from .losses import *
 from .models import add_lora, compute_dtype
 from .policy import Policy, Prompter
-from .check import policy_kl, score_answers, teacher_answers
 from .rollout import PolicyPrefix, TEACHERS, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens
 from .guards import Watch, check_alarms, watch_start, watch_step
 from .parallel import all_reduce_grads, gather, global_sum, init_distributed, is_main, rank, shard_bounds
+from .checkpoints import load_adapter, load_checkpoint, merge_adapter, prepare_checkpoints, restore_adapter, save_adapter, save_checkpoint
 
 # %% auto #0
-__all__ = ['DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update', 'answer_seeds',
-           'distill_step', 'distinct_n', 'save_checkpoint', 'load_checkpoint', 'Reporter', 'DistillResult', 'distill',
-           'save_adapter', 'load_adapter', 'merge_adapter', 'heldout_policy_kl', 'teacher_answer_logprob',
-           'topk_reverse_kl', 'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
-           'chunked_head_divergence', 'masked_mean', 'DIVERGENCES', 'TEACHERS']
+__all__ = ['STAGE', 'DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update',
+           'answer_seeds', 'distill_step', 'distinct_n', 'Reporter', 'DistillResult', 'distill', 'topk_reverse_kl',
+           'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
+           'chunked_head_divergence', 'masked_mean', 'DIVERGENCES', 'TEACHERS', 'save_adapter', 'load_adapter',
+           'merge_adapter']
 
 # %% ../nbs/06_distill.ipynb #61d2e9c5
-_all_ = ["topk_reverse_kl", "topk_tail_reverse_kl", "reverse_kl", "forward_kl", "generalized_jsd", "token_divergence", "chunked_head_divergence", "masked_mean", "DIVERGENCES", "TEACHERS"]
+_all_ = ["topk_reverse_kl", "topk_tail_reverse_kl", "reverse_kl", "forward_kl", "generalized_jsd", "token_divergence", "chunked_head_divergence", "masked_mean", "DIVERGENCES", "TEACHERS",
+         "save_adapter", "load_adapter", "merge_adapter"]
 
 # %% ../nbs/06_distill.ipynb #bc6d29b6
 log = get_logger(__name__)
@@ -189,45 +190,6 @@ def _update(model, cfg, opt, scaler) -> float:
     opt.zero_grad(set_to_none=True)
     return gn
 
-# %% ../nbs/06_distill.ipynb #a1b74cb7
-def _adapter_state(model, name):
-    from peft import get_peft_model_state_dict
-    return {k: v.detach().cpu().contiguous() for k,v in get_peft_model_state_dict(model, adapter_name=name).items()}
-
-def save_checkpoint(model, opt, sched, step:int, history:list, ckpt_dir, cfg:DistillConfig, scaler=None):
-    "Write checkpoint `step-NNNNNN` atomically into `ckpt_dir`, keeping the newest `cfg.keep_checkpoints`."
-    from safetensors.torch import save_file
-    ckpt_dir = Path(ckpt_dir); ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final,tmp = ckpt_dir/f"step-{step:06d}",ckpt_dir/f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
-    for name in model.peft_config: save_file(_adapter_state(model, name), str(tmp/f"adapter-{name}.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None}, tmp/"optimizer.pt")
-    write_json(tmp/"state.json", dict(step=step, history=history, config=asdict(cfg)))
-    shutil.rmtree(final, ignore_errors=True); os.replace(tmp, final)
-    for old in sorted(ckpt_dir.glob("step-*"))[:-cfg.keep_checkpoints]: shutil.rmtree(old, ignore_errors=True)
-    return final
-
-# %% ../nbs/06_distill.ipynb #e83848ce
-def _load_one(model, opt, sched, path, scaler=None):
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    state = read_json(path/"state.json")
-    for name in model.peft_config:
-        f = path/f"adapter-{name}.safetensors"
-        if f.exists(): set_peft_model_state_dict(model, load_file(str(f)), adapter_name=name)
-    o = torch.load(path/"optimizer.pt", weights_only=True, map_location=next(model.parameters()).device)   # saved on another GPU, resumed here
-    opt.load_state_dict(o["optimizer"]); sched.load_state_dict(o["scheduler"])
-    if scaler and o.get("scaler"): scaler.load_state_dict(o["scaler"])
-    return state["step"], state["history"]
-
-def load_checkpoint(model, opt, sched, ckpt_dir, scaler=None) -> tuple[int, list]:
-    "Restore the newest readable checkpoint in `ckpt_dir`; returns (step, history), or (0, []) when there is none."
-    for path in sorted(Path(ckpt_dir).glob("step-*"), reverse=True):
-        try: return _load_one(model, opt, sched, path, scaler)
-        except Exception as e:
-            log.warning(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:120]}); trying the one before")
-    return 0, []
-
 # %% ../nbs/06_distill.ipynb #e98abf84
 class Reporter:
     "Writes step metrics to metrics.jsonl and the trackers named in `report_to`."
@@ -235,9 +197,10 @@ class Reporter:
         self.path = run_file(out_dir, "metrics")
         self.tb = self.wb = None
         if "tensorboard" in report_to:
+            if out_dir is None: raise PolicyAlignError("report_to=tensorboard needs a run folder to write into", "pass out_dir=..., or leave tensorboard out of report_to")
             try: from torch.utils.tensorboard import SummaryWriter
             except ImportError as e: raise PolicyAlignError("report_to=tensorboard needs the tensorboard package", "pip install tensorboard") from e
-            self.tb = SummaryWriter(str(run_file(out_dir or ".", "tensorboard")))
+            self.tb = SummaryWriter(str(run_file(out_dir, "tensorboard")))
         if "wandb" in report_to:
             try: import wandb
             except ImportError as e: raise PolicyAlignError("report_to=wandb needs the wandb package", "pip install wandb") from e
@@ -333,43 +296,7 @@ def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=N
         if callback and callback(m) is False: break
     return DistillResult(list(rows), _summary(history, kept), _finish(model, history, cfg, out_dir, kept is not None), history)
 
-# %% ../nbs/06_distill.ipynb #ed4322d3
-def save_adapter(model, path) -> Path:
-    "Save the student adapter as a PEFT folder, atomically."
-    path = Path(path); tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, selected_adapters=["default"], safe_serialization=True)
-    _sort_target_modules(tmp/"adapter_config.json")
-    shutil.rmtree(path, ignore_errors=True); os.replace(tmp, path)
-    return path
-
-def _sort_target_modules(config_path:Path):
-    "PEFT writes `target_modules` from a set, in an order that changes from one process to the next; sort it, so the same adapter is the same bytes."
-    cfg = json.loads(config_path.read_text())
-    if isinstance(cfg.get("target_modules"), list): cfg["target_modules"] = sorted(cfg["target_modules"])
-    config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-
-def load_adapter(base_model, path, trainable:bool=False):
-    "Attach a saved adapter to a base model (not PEFT-wrapped)."
-    from peft import PeftModel
-    if not (Path(path)/"adapter_config.json").exists():
-        raise PolicyAlignError(f"{path} is not an adapter folder (no adapter_config.json)", "pass the run folder's adapter/ directory")
-    return PeftModel.from_pretrained(base_model, str(path), is_trainable=trainable)
-
-def merge_adapter(model, out_dir=None):
-    "Fold the adapter into the base weights (non-quantised bases only); optionally save the merged model."
-    if getattr(model.get_base_model(), "is_loaded_in_4bit", False):
-        raise PolicyAlignError("cannot merge into a 4-bit base", "reload the base in bf16 (quantize='none'), attach the adapter with load_adapter, then merge")
-    merged = model.merge_and_unload()
-    if out_dir: merged.save_pretrained(out_dir, safe_serialization=True)
-    return merged
-
-# %% ../nbs/06_distill.ipynb #8ac0833b
-def heldout_policy_kl(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, seed:int=1234) -> float:
-    "Mean KL(student ‖ frozen teacher with the policy) per token over `requests`, full vocabulary, on the student's own sampled answers."
-    return statistics.fmean(policy_kl(model, tok, policy, requests, max_new_tokens, samples, seed))
-
-def teacher_answer_logprob(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40) -> float:
-    "Mean per-token log-probability, under the student without the policy, of the frozen teacher's greedy answers."
-    ans = teacher_answers(model, tok, policy, requests, max_new_tokens)
-    return statistics.fmean(score_answers(model, tok, policy, requests, ans)["student_logp"])
+# %% ../nbs/06_distill.ipynb #096d5b1d
+STAGE = Stage("distill", distill, DistillConfig, keeps=("metrics", "adapter"), rows="filtered", inputs=dict(watch="heldout"),
+              volatile=("checkpoint_every", "keep_checkpoints", "report_to"), shared=True, prepare=prepare_checkpoints,
+              restore=restore_adapter, about="on-policy self-distillation of the policy into the adapter")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_json, write_jsonl
+from .core import Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_json, write_jsonl
 from .policy import Policy, Prompter
 from .suites import *
 from .judges import *
@@ -15,30 +15,17 @@ from .refusal import answer_kind
 from .models import autocast, eval_mode, fingerprint, generate, model_name, left_pad, local_device, resolve_precision, torch_dtype
 from .stats import mean_ci, paired_gap, rate, ratio_ci
 from .synthesis import normalize
-from .check import policy_kl, prescribed_logprob, score_answers, teacher_answers
-from .rollout import teacher_weights
+from .measure import VARIANTS, policy_kl, prescribed_logprob, score_answers, teacher_answers, variant_context
 from .plots import plot_eval, plot_groups, plot_mechanism, save_figure
 
 # %% auto #0
-__all__ = ['VARIANTS', 'DECODINGS', 'SAFETY_METRICS', 'variant_context', 'base_fingerprint', 'variant_fingerprint',
-           'request_seeds', 'answer', 'mc_prompt', 'choice_correct', 'last_number', 'EvalConfig', 'held_out',
-           'build_suites', 'make_judges', 'evaluate_suite', 'gap_table', 'pooled', 'pooled_metrics', 'mechanism',
-           'mechanism_markdown', 'EvalResult', 'evaluate', 'report_markdown']
+__all__ = ['DECODINGS', 'SAFETY_METRICS', 'STAGE', 'base_fingerprint', 'variant_fingerprint', 'request_seeds', 'answer',
+           'mc_prompt', 'choice_correct', 'last_number', 'EvalConfig', 'held_out', 'build_suites', 'make_judges',
+           'evaluate_suite', 'gap_table', 'pooled', 'pooled_metrics', 'mechanism', 'mechanism_markdown', 'EvalResult',
+           'evaluate', 'report_markdown']
 
 # %% ../nbs/07_evaluation.ipynb #84d99c46
 log = get_logger(__name__)
-
-# %% ../nbs/07_evaluation.ipynb #f9016a82
-VARIANTS = {"base": dict(policy=False, adapter=False), "oracle": dict(policy=True, adapter=False), "aligned": dict(policy=False, adapter=True)}
-
-def variant_context(model, variant:str):
-    "A context manager that sets the adapter for `variant` (off for base and oracle, on for aligned)."
-    if variant not in VARIANTS: raise PolicyAlignError(f"unknown variant {variant!r}", f"use one of {list(VARIANTS)}")
-    if VARIANTS[variant]["adapter"]:
-        if not hasattr(model, "disable_adapter"): raise PolicyAlignError("the 'aligned' variant needs a PEFT model with an adapter",
-                                                                         "load the model with policyalign.models.load_model, or leave 'aligned' out of variants")
-        return contextlib.nullcontext()
-    return teacher_weights(model, "frozen")
 
 # %% ../nbs/07_evaluation.ipynb #4942fd7a
 def base_fingerprint(model) -> str:
@@ -274,17 +261,20 @@ def pooled_metrics(items:list[dict], judges:list[Judge]) -> list[dict]:
 
 # %% ../nbs/07_evaluation.ipynb #be65cf7c
 def mechanism(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, n_boot:int=1000, seed:int=0) -> dict:
-    "Held-out measures of what distillation moved, base (adapter off) vs aligned (adapter on)."
-    kl = {a: policy_kl(model, tok, policy, requests, max_new_tokens, samples, seed=seed + 1234, adapter=a) for a in (False, True)}
+    "Held-out measures of what distillation moved: base (the adapter off) against aligned (the adapter on)."
+    vs = ("base", "aligned")
+    kl = {v: policy_kl(model, tok, policy, requests, max_new_tokens, samples, seed=seed + 1234, variant=v) for v in vs}
     ans = teacher_answers(model, tok, policy, requests, max_new_tokens)
-    sc = {a: score_answers(model, tok, policy, requests, ans, adapter=a) for a in (False, True)}
-    pr = {a: prescribed_logprob(model, tok, policy, requests, adapter=a) for a in (False, True)}
+    sc = {v: score_answers(model, tok, policy, requests, ans, variant=v) for v in vs}
+    pr = {v: prescribed_logprob(model, tok, policy, requests, variant=v) for v in vs}
+    ci = lambda xs: mean_ci(xs, n_boot, seed)
     return dict(n=len(requests), max_new_tokens=max_new_tokens, samples=samples,
-                kl_base=mean_ci(kl[False], n_boot, seed), kl_aligned=mean_ci(kl[True], n_boot, seed), kl_ratio=ratio_ci(kl[True], kl[False], n_boot, seed),
-                teacher_answers=dict(base=mean_ci(sc[False]["student_logp"], n_boot, seed), aligned=mean_ci(sc[True]["student_logp"], n_boot, seed),
-                                     teacher=mean_ci(sc[False]["teacher_logp"], n_boot, seed)),
-                prescribed=pr[False] and dict(response=pr[False]["response"], base=pr[False]["student"], aligned=pr[True]["student"], teacher=pr[False]["teacher"]),
-                per_request=dict(kl_base=kl[False], kl_aligned=kl[True]))
+                kl_base=ci(kl["base"]), kl_aligned=ci(kl["aligned"]), kl_ratio=ratio_ci(kl["aligned"], kl["base"], n_boot, seed),
+                teacher_answers=dict(base=ci(sc["base"]["student_logp"]), aligned=ci(sc["aligned"]["student_logp"]),
+                                     teacher=ci(sc["base"]["teacher_logp"])),
+                prescribed=pr["base"] and dict(response=pr["base"]["response"], base=pr["base"]["student"], aligned=pr["aligned"]["student"],
+                                               teacher=pr["base"]["teacher"]),
+                per_request=dict(kl_base=kl["base"], kl_aligned=kl["aligned"]))
 
 # %% ../nbs/07_evaluation.ipynb #c0d71be7
 def mechanism_markdown(m:dict) -> str:
@@ -417,3 +407,7 @@ def _write_evaluation(out_dir, result:dict, items:list[dict]) -> dict:
         try: paths[f"groups_{s}"] = save_figure(plot_groups(result, suite=s, metric=metric), run_file(out_dir, "groups_png", suite=s))
         except ValueError as e: log.info(f"no group figure for {s}: {e}")
     return paths
+
+# %% ../nbs/07_evaluation.ipynb #fa8cf3f4
+STAGE = Stage("eval", evaluate, EvalConfig, keeps=("eval", "answers"), rows="heldout", inputs=dict(exclude="synthesis"), needs=("adapter",),
+              about="base, oracle and aligned on the benchmarks and the held-out requests, and what distillation moved")

@@ -9,15 +9,16 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
-from .core import JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_jsonl
+from .core import Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_jsonl
 from .models import fingerprint
 from .plots import save_figure
 from .policy import Policy, Prompter
+from .measure import variant_context
 from .rollout import PolicyPrefix, answer_scores, context_length, pair_batch, prepare_prompts, rollout, score_tokens
 
 # %% auto #0
-__all__ = ['SCORES', 'FilterConfig', 'score_requests', 'flip_scores', 'select_sensitive', 'plot_filtering', 'FilterResult',
-           'filter_requests']
+__all__ = ['SCORES', 'STAGE', 'FilterConfig', 'score_requests', 'flip_scores', 'select_sensitive', 'plot_filtering',
+           'FilterResult', 'filter_requests']
 
 # %% ../nbs/04_filtering.ipynb #7f006e64
 log = get_logger(__name__)
@@ -116,16 +117,15 @@ def score_requests(model, tok, policy:Policy, requests:list[str], cfg:FilterConf
 
 # %% ../nbs/04_filtering.ipynb #55ae3526
 def flip_scores(model, tok, policy:Policy, requests:list[str], judge, cfg:FilterConfig|None=None) -> list[float]:
-    "P(safe | policy) - P(safe | no policy) per request, from `cfg.samples` sampled answers each and a judge."
+    "P(safe | policy) - P(safe | no policy) per request: the oracle against the base model, from `cfg.samples` sampled answers each and a judge."
     cfg = cfg or FilterConfig()
     s_p,t_p = prepare_prompts(Prompter(tok, policy), requests, cfg.max_new_tokens, context_length(model))
     reps = [r for r in requests for _ in range(cfg.samples)]
-    def p_safe(prompts, teacher):
-        from policyalign.rollout import teacher_weights
-        with teacher_weights(model, teacher): g = rollout(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed, cfg.batch_size, cfg.samples)
+    def p_safe(prompts, variant):
+        with variant_context(model, variant): g = rollout(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed, cfg.batch_size, cfg.samples)
         v = [x.safe for x in judge.judge(reps, g.texts)]
         return [statistics.fmean(1.0 if s else 0.0 for s in v[i*cfg.samples:(i+1)*cfg.samples]) for i in range(len(requests))]
-    return [a - b for a,b in zip(p_safe(t_p, "frozen"), p_safe(s_p, "live"))]
+    return [a - b for a,b in zip(p_safe(t_p, "oracle"), p_safe(s_p, "base"))]
 
 # %% ../nbs/04_filtering.ipynb #ec628bd7
 def _target(n, cfg):
@@ -217,3 +217,7 @@ def filter_requests(model, tok, policy:Policy, rows:list[dict], cfg:FilterConfig
     ids = {id(r) for r in kept}
     for r in scored: r["selected"] = id(r) in ids
     return FilterResult(kept, _filter_summary(scored, kept, cfg), _write_filtering(out_dir, scored, kept, cfg), scored)
+
+# %% ../nbs/04_filtering.ipynb #26058a77
+STAGE = Stage("filter", filter_requests, FilterConfig, keeps=("scores", "filtered"), rows="synthesis",
+              about="the policy-sensitivity of every training candidate, and the most sensitive kept for training")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics, warnings
 from .core import request_texts
 from .policy import Policy
-from .check import policy_kl, refusals
+from .measure import policy_kl, refusals
 from .stats import rate
 
 # %% auto #0
@@ -66,15 +66,15 @@ class Watch:
         c = self.cfg
         return statistics.fmean(policy_kl(model, self.tok, self.policy, self.harmful, c.watch_tokens, samples=1, seed=c.seed + 4321))
 
-    def refusal(self, model, oracle:bool=False) -> dict:
-        return rate(refusals(model, self.tok, self.policy, self.benign, oracle=oracle, max_new_tokens=self.cfg.watch_tokens))
+    def refusal(self, model, variant:str="aligned") -> dict:
+        return rate(refusals(model, self.tok, self.policy, self.benign, variant, max_new_tokens=self.cfg.watch_tokens))
 
 # %% ../nbs/06a_guards.ipynb #fdf7a9a4
 def watch_start(watch:Watch, model) -> dict:
     "The values the alarms compare against, measured before training: held-out KL and the oracle's benign refusal."
     if not watch: return {}
     out = dict(heldout_kl_start=watch.kl(model)) if watch.harmful else {}
-    return out | (dict(oracle_benign_refusal=watch.refusal(model, oracle=True)) if watch.benign else {})
+    return out | (dict(oracle_benign_refusal=watch.refusal(model, "oracle")) if watch.benign else {})
 
 def watch_step(watch:Watch, model, step:int, start:dict) -> dict:
     "The watch's measurements after step `step` (1-based), when it is one the watch runs at."

@@ -11,10 +11,10 @@ from .core import PolicyAlignError, cache_dir, file_sha256, get_logger, stable_h
 from .policy import Policy, Prompter
 
 # %% auto #0
-__all__ = ['LOCAL_MODELS', 'PRECISIONS', 'SHAPES', 'GGUFSource', 'local_model_path', 'local_model_dir', 'resolve_model',
-           'resolve_precision', 'torch_dtype', 'local_device', 'ModelConfig', 'bnb_config', 'add_lora', 'keep_fp32',
-           'load_model', 'memory_estimate', 'shape_config', 'compute_dtype', 'autocast', 'Generation', 'eos_ids',
-           'left_pad', 'eval_mode', 'plain_generation_config', 'RowSampler', 'first_nonfinite', 'lm_decoder',
+__all__ = ['LOCAL_MODELS', 'PRECISIONS', 'ENGINES', 'SHAPES', 'GGUFSource', 'local_model_path', 'local_model_dir',
+           'resolve_model', 'resolve_precision', 'torch_dtype', 'local_device', 'ModelConfig', 'bnb_config', 'add_lora',
+           'keep_fp32', 'load_model', 'memory_estimate', 'shape_config', 'compute_dtype', 'autocast', 'Generation',
+           'eos_ids', 'left_pad', 'eval_mode', 'plain_generation_config', 'RowSampler', 'first_nonfinite', 'lm_decoder',
            'nonfinite_error', 'FiniteCheck', 'generate', 'chat', 'model_name', 'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
@@ -164,6 +164,7 @@ def resolve_model(name:str) -> str:
 
 # %% ../nbs/02_models.ipynb #f4803560
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+ENGINES = ("hf", "vllm")
 
 def resolve_precision(precision:str="auto", device:str="cpu") -> str:
     "'auto' becomes bf16 on a GPU with native bf16 (compute capability 8.0+), fp16 on older GPUs (T4, V100), fp32 on CPU."
@@ -197,11 +198,13 @@ class ModelConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False      # load .bin/.pt checkpoints (unsafe: pickle can run code)
     revision: str|None = None
+    engine: str = "hf"              # what samples answers: 'hf' (transformers' generate) or 'vllm' (the vllm extra; see policyalign.engine)
 
     def __post_init__(self):
         if self.quantize not in ("auto", "4bit", "none"): raise PolicyAlignError(f"quantize={self.quantize!r}", "use 'auto', '4bit' or 'none'")
         if self.device not in ("auto", "cpu", "cuda"): raise PolicyAlignError(f"device={self.device!r}", "use 'auto', 'cpu' or 'cuda'")
         if self.precision not in PRECISIONS: raise PolicyAlignError(f"precision={self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
+        if self.engine not in ENGINES: raise PolicyAlignError(f"engine={self.engine!r}", f"use one of {', '.join(ENGINES)}")
         if self.lora_r < 1 or self.lora_alpha <= 0: raise PolicyAlignError("lora_r and lora_alpha must be positive", "e.g. lora_r=16, lora_alpha=32")
         if not 0 <= self.lora_dropout < 1: raise PolicyAlignError(f"lora_dropout={self.lora_dropout} is outside [0, 1)")
 
@@ -310,7 +313,11 @@ def load_model(cfg:ModelConfig|str|None=None, lora:bool=True, seed:int=0):
     model.generation_config.pad_token_id = tok.pad_token_id
     how = "4-bit NF4 base + LoRA (QLoRA)" if cfg.four_bit else f"{cfg.resolved_precision} base + LoRA"
     log.info(f"loaded {cfg.name} on {cfg.device_map['']}: {how}, computing in {cfg.resolved_precision}" + ("" if lora else " (adapter not attached)"))
-    with _quiet_loading(): return (add_lora(model, cfg, seed=seed) if lora else model), tok
+    with _quiet_loading(): model = add_lora(model, cfg, seed=seed) if lora else model
+    if cfg.engine != "hf":
+        from policyalign.engine import start_engine
+        start_engine(model, tok, cfg.engine, path)
+    return model, tok
 
 # %% ../nbs/02_models.ipynb #f5cfb29b
 def memory_estimate(config, lora_r:int=16, precision:str="bf16", four_bit:bool=True) -> dict[str, float]:
@@ -480,7 +487,10 @@ def _decoding(temperature, top_p, row_seeds, device, check) -> dict:
 
 def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temperature:float=1.0, top_p:float=1.0,
              seed:int|None=None, batch_size:int=8, progress:bool=False, min_new_tokens:int=0, row_seeds:list[int]|None=None) -> Generation:
-    "One answer per tokenised prompt, in left-padded batches; `temperature=0` is greedy; `row_seeds`: one seed per prompt, whatever the batch."
+    "One answer per tokenised prompt, in left-padded batches; `temperature=0` is greedy; `row_seeds`: one seed per prompt, whatever the batch. A model with an engine attached (`policyalign.engine`) samples there."
+    if (engine := getattr(model, "policyalign_engine", None)) is not None:
+        return engine.generate(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                               progress=progress, min_new_tokens=min_new_tokens, row_seeds=row_seeds)
     import torch
     from tqdm.auto import tqdm
     if seed is not None: torch.manual_seed(seed)

@@ -9,21 +9,25 @@ from dataclasses import dataclass, field, asdict, fields, replace
 from fastcore.basics import patch
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, file_sha256, RUN_FILES, StageResult, atomic_write, get_logger, read_json, read_jsonl, run_file, set_seed, stable_hash, write_json
+from .core import PolicyAlignError, RUN_FILES, Stage, StageResult, atomic_write, file_sha256, get_logger, read_json, read_jsonl, run_file, set_seed, stable_hash, write_json
 from .policy import TEACHER_SYSTEMS, Policy, load_policy
 from .models import ModelConfig, load_model
-from .synthesis import SynthConfig, synthesize
-from .seeds import import_seeds
-from .filtering import FilterConfig, filter_requests
-from .distill import DistillConfig, distill
+from .synthesis import SynthConfig
+from .filtering import FilterConfig
+from .distill import DistillConfig
+from .check import CheckConfig, check_markdown
+from .evaluation import EvalConfig, report_markdown
 from .parallel import init_distributed, is_main, on_main
-from .check import CheckConfig, check_markdown, oracle_check
-from .evaluation import EvalConfig, evaluate, report_markdown
+from .check import STAGE as CHECK
+from .seeds import STAGE as SYNTH
+from .filtering import STAGE as FILTER
+from .distill import STAGE as DISTILL
+from .evaluation import STAGE as EVAL
 
 # %% auto #0
-__all__ = ['PRESETS', 'STAGES', 'STAGE_FUNCS', 'STAGE_CONFIGS', 'STAGE_INPUTS', 'STAGE_OUTPUTS', 'SHARED_STAGES',
-           'PipelineConfig', 'config_from_dict', 'config_to_dict', 'stage_fingerprints', 'RunLock', 'stage_rows',
-           'run_stage', 'output_checksums', 'verify_outputs', 'run', 'shows', 'write_report']
+__all__ = ['PRESETS', 'STAGE_RECORDS', 'STAGES', 'PipelineConfig', 'config_from_dict', 'config_to_dict', 'upstream', 'downstream',
+           'stage_fingerprints', 'RunLock', 'stage_inputs', 'run_stage', 'run_folder_table', 'output_checksums',
+           'verify_outputs', 'run', 'shows', 'write_report']
 
 # %% ../nbs/09_pipeline.ipynb #94769712
 log = get_logger(__name__)
@@ -40,7 +44,6 @@ class PipelineConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
-    seeds: str|None = None                  # a CSV/JSON(L) file of extra harmful requests (column `goal` or `request`)
     preset: str = "gpu"
     seed: int = 0
     threads: int|None = None                # torch threads for the whole run (None: torch's default); recorded in config.json
@@ -71,12 +74,15 @@ def _cpu_preset():
 PRESETS = {"cpu": _cpu_preset, "gpu": dict}
 
 # %% ../nbs/09_pipeline.ipynb #8dc633b8
-_NESTED = {"model": ModelConfig, "synth": SynthConfig, "filter": FilterConfig, "distill": DistillConfig, "eval": EvalConfig, "check": CheckConfig}
+STAGE_RECORDS = (CHECK, SYNTH, FILTER, DISTILL, EVAL)   # in the order they run
+STAGES = tuple(s.name for s in STAGE_RECORDS)
+_NESTED = {"model": ModelConfig} | {s.name: s.config for s in STAGE_RECORDS}
 
 def _check_type(where, name, value, default):
     if default is None or value is None: return value
     if isinstance(default, bool) != isinstance(value, bool) or (isinstance(default, (int, float)) and not isinstance(value, (int, float))) \
-       or (isinstance(default, str) and not isinstance(value, str)) or (isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list, str))):
+       or (isinstance(default, str) and not isinstance(value, str)) or (isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list, str))) \
+       or (isinstance(default, dict) and not isinstance(value, dict)):
         raise PolicyAlignError(f"config key {where}{name} should be a {type(default).__name__}, got {value!r}", "fix the value in your config file or flag")
     if isinstance(default, float) and isinstance(value, int): return float(value)
     return tuple(value) if isinstance(default, tuple) and not isinstance(value, str) else value
@@ -108,18 +114,27 @@ def config_to_dict(cfg:PipelineConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg), default=list))
 
 # %% ../nbs/09_pipeline.ipynb #cd5991a1
-STAGES = ("check", "synthesis", "filtering", "distillation", "evaluation")
+def upstream(stage:Stage) -> list[Stage]:
+    "The stages whose artifacts `stage` reads."
+    return [s for s in STAGE_RECORDS if set(s.writes) & set(stage.reads)]
 
+def downstream(name:str) -> list[str]:
+    "Stage `name` and every stage that depends on it, directly or not, in run order."
+    out = [name]
+    for s in STAGE_RECORDS:
+        if any(u.name in out for u in upstream(s)) and s.name not in out: out.append(s.name)
+    return out
+
+# %% ../nbs/09_pipeline.ipynb #08980762
 def stage_fingerprints(cfg:PipelineConfig, policy:Policy) -> dict[str, str]:
-    "One hash per stage over the settings that decide its output and the stage before it."
+    "One hash per stage over the settings that decide its output and the fingerprints of the stages it depends on."
     d = config_to_dict(cfg)
-    model = {k: d["model"][k] for k in ("name", "quantize", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "revision")}
-    s = stable_hash("synthesis", policy.render(), model, d["synth"], cfg.seeds, cfg.seed)
-    f = stable_hash("filtering", s, d["filter"], cfg.teacher_system)
-    t = stable_hash("distillation", f, {k: v for k,v in d["distill"].items() if k not in ("checkpoint_every", "keep_checkpoints", "report_to")})
-    e = stable_hash("evaluation", t, d["eval"])
-    c = stable_hash("check", policy.render(), cfg.teacher_system, model, {k: v for k,v in d["check"].items() if k != "stop_if_nothing"})
-    return dict(zip(STAGES, (c, s, f, t, e)))
+    model = {k: d["model"][k] for k in ("name", "quantize", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "revision", "engine")}
+    fps = {}
+    for s in STAGE_RECORDS:
+        own = {k: v for k,v in d[s.name].items() if k not in s.volatile}
+        fps[s.name] = stable_hash(s.name, policy.render(), cfg.teacher_system, model, cfg.seed, own, *(fps[u.name] for u in upstream(s)))
+    return fps
 
 # %% ../nbs/09_pipeline.ipynb #b155855b
 class RunLock:
@@ -160,46 +175,34 @@ def __enter__(self:RunLock):
     raise PolicyAlignError(f"could not lock {self.path.parent}", "remove its .lock file if no run is using it")
 
 # %% ../nbs/09_pipeline.ipynb #75b55522
-STAGE_FUNCS = dict(check=oracle_check, synthesis=synthesize, filtering=filter_requests, distillation=distill, evaluation=evaluate)
-STAGE_CONFIGS = dict(check="check", synthesis="synth", filtering="filter", distillation="distill", evaluation="eval")
-STAGE_INPUTS = dict(check=None, synthesis=None, filtering="synthesis", distillation="filtered", evaluation="heldout")
-STAGE_OUTPUTS = dict(check=("check",), synthesis=("synthesis", "heldout", "synthesis_stats"), filtering=("scores", "filtered"),
-                     distillation=("metrics", "adapter"), evaluation=("eval", "answers"))
+def stage_inputs(stage:Stage, cfg:PipelineConfig, policy:Policy, out:Path) -> tuple[list[dict]|None, dict]:
+    "The rows `stage` takes and the other inputs it reads, from the run folder (or from its own `rows` function)."
+    own = getattr(cfg, stage.name)
+    rows = stage.rows(own, policy) if callable(stage.rows) else read_jsonl(run_file(out, stage.rows)) if stage.rows else None
+    return rows, {k: read_jsonl(run_file(out, a)) for k,a in stage.inputs.items()}
 
-def stage_rows(stage:str, cfg:PipelineConfig, policy:Policy, out:Path) -> list[dict]|None:
-    "The rows `stage` takes: the artifact named in `STAGE_INPUTS`, or for synthesis the seed file's requests."
-    if stage == "synthesis": return import_seeds(cfg.seeds, policy, column=_seed_column(cfg.seeds)) if cfg.seeds else None
-    return read_jsonl(run_file(out, STAGE_INPUTS[stage])) if STAGE_INPUTS[stage] else None
+def run_stage(stage:Stage, cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> StageResult:
+    "Run one stage on its inputs with its part of the config, writing into the run folder `out`."
+    rows,inputs = stage_inputs(stage, cfg, policy, out)
+    return stage.run(model, tok, policy, rows, getattr(cfg, stage.name), out_dir=out, **inputs)
 
-def run_stage(stage:str, cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> StageResult:
-    "Run one stage on its input rows with its part of the config, writing into the run folder `out`."
-    return STAGE_FUNCS[stage](model, tok, policy, stage_rows(stage, cfg, policy, out), getattr(cfg, STAGE_CONFIGS[stage]), out_dir=out,
-                              **_extras(stage, out))
-
-def _extras(stage:str, out:Path) -> dict:
-    "What a stage takes besides its rows: distillation watches the held-out rows; no evaluation suite may repeat a training candidate."
-    if stage == "distillation": return dict(watch=read_jsonl(run_file(out, "heldout")))
-    if stage == "evaluation": return dict(exclude=read_jsonl(run_file(out, "synthesis")))
-    return {}
-
-def _seed_column(path):
-    head = Path(path).read_text(encoding="utf-8", errors="replace")[:2000]
-    return next((c for c in ("goal", "request") if c in head), "instruction")
-
-# %% ../nbs/09_pipeline.ipynb #cf16df4a
-def _gate(cfg:PipelineConfig, state:dict, todo:list):
-    "Stop before training when the check found nothing to distil, unless the config says go on."
-    c = state.get("check", {}).get("summary", {})
-    if c.get("verdict") == "nothing" and any(s != "check" for s in todo):
-        if cfg.check.stop_if_nothing:
-            raise PolicyAlignError("the oracle check found nothing to distil: the policy in the prompt does not make this model refuse more (see check.json)",
-                                   "make the policy shorter and more direct, or use a bigger instruct model; to go on anyway, rerun with --ignore-check")
-        log.warning("the oracle check found nothing to distil; going on to demonstrate the mechanism (check.stop_if_nothing is off)")
+# %% ../nbs/09_pipeline.ipynb #8cacb3ee
+def run_folder_table() -> str:
+    "The run folder as Markdown, from `RUN_FILES` and the stage records: each file, who writes it, what it holds, which stages read it."
+    readers = {a: [s.name for s in STAGE_RECORDS if a in s.reads] for a in RUN_FILES}
+    lines = ["| file | written by | read by | what it holds |", "|---|---|---|---|"]
+    for name,f in RUN_FILES.items():
+        lines.append(f"| `{f.file}` | {f.owner} | {', '.join(readers[name]) or '–'} | {f.about} |")
+    return "\n".join(lines)
 
 # %% ../nbs/09_pipeline.ipynb #0d527543
 def _load_state(out):
     p = run_file(out, "stages")
-    return read_json(p) if p.exists() else {}
+    state = read_json(p) if p.exists() else {}
+    if unknown := sorted(set(state) - set(STAGES)):
+        raise PolicyAlignError(f"{p} names stages this version of policyalign does not have ({', '.join(unknown)}): an older version made this folder",
+                               "use a new --out folder")
+    return state
 
 def _check_changes(state, fps, restart_from):
     redo = STAGES[STAGES.index(restart_from):] if restart_from else ()
@@ -209,16 +212,10 @@ def _check_changes(state, fps, restart_from):
                                    f"use a new --out folder, or rerun with --restart-from {s} to redo {s} and the stages after it")
     return {s: v for s,v in state.items() if s not in redo}
 
-def _restore_adapter(model, out):
-    "Load the trained adapter into the model when distillation finished in an earlier process."
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    set_peft_model_state_dict(model, load_file(str(run_file(out, "adapter")/"adapter_model.safetensors")))
-
 # %% ../nbs/09_pipeline.ipynb #0a01bf7f
-def output_checksums(out:Path, stage:str) -> dict[str, str]:
-    "SHA-256 of every file in `stage`'s outputs (a folder's files one by one), keyed by path in the run folder."
-    paths = [run_file(out, name) for name in STAGE_OUTPUTS[stage]]
+def output_checksums(out:Path, stage:Stage) -> dict[str, str]:
+    "SHA-256 of every file `stage` keeps (a folder's files one by one), keyed by path in the run folder."
+    paths = [run_file(out, name) for name in stage.keeps]
     files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else []) if f.is_file())
     return {f.relative_to(out).as_posix(): file_sha256(f) for f in files}
 
@@ -231,19 +228,17 @@ def _damage(out, stage, recorded:dict) -> str|None:
         if now[f] != h: return f"{f} changed since the stage finished"
 
 def verify_outputs(out:Path, state:dict) -> dict:
-    "`state` without the stages whose files are missing or changed, and without every stage after the first such one."
-    for s in STAGES:
-        if s in state and "checksums" in state[s] and (why := _damage(out, s, state[s]["checksums"])):
-            redo = (s,) if s == "check" else STAGES[STAGES.index(s):]
-            log.warning(f"stage {s!r}: {why}; recomputing {', '.join(x for x in redo if x in state)}")
+    "`state` without the stages whose files are missing or changed, and without every stage that depends on one."
+    for s in STAGE_RECORDS:
+        if s.name in state and "checksums" in state[s.name] and (why := _damage(out, s, state[s.name]["checksums"])):
+            redo = downstream(s.name)
+            log.warning(f"stage {s.name!r}: {why}; recomputing {', '.join(x for x in redo if x in state)}")
             state = {k: v for k,v in state.items() if k not in redo}
     return state
 
 # %% ../nbs/09_pipeline.ipynb #83e72f28
-SHARED_STAGES = ("distillation",)   # run by every process under torchrun; the others run on the first process alone
-
 def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, model_and_tok=None) -> dict:
-    "Run (or resume) the pipeline in `out_dir`; returns the per-stage summaries. Under `torchrun` the first process owns the folder and runs the stages, and every process takes part in distillation."
+    "Run (or resume) the pipeline in `out_dir`; returns the per-stage summaries. Under `torchrun` the first process owns the folder and runs the stages, and every process takes part in the shared ones (distillation)."
     out = Path(out_dir)
     init_distributed()
     policy = cfg.load_policy()
@@ -253,8 +248,9 @@ def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, 
         set_seed(cfg.seed)
         model,tok = (model_and_tok or load_model(cfg.model, seed=cfg.seed)) if todo else (None, None)   # the adapter's start: the seed alone
         if todo: on_main(_check_fits, cfg, policy, model, tok)
-        if todo and "distillation" in state: _restore_adapter(model, out)
-        for s in todo: state = _run_recorded(s, cfg, policy, model, tok, out, state, todo, fps[s])
+        for s in STAGE_RECORDS:
+            if todo and s.restore and s.name in state: s.restore(model, out)   # what a stage finished earlier left in the model
+        for s in [s for s in STAGE_RECORDS if s.name in todo]: state = _run_recorded(s, cfg, policy, model, tok, out, state, todo, fps[s.name])
         if is_main() and (todo or not run_file(out, "report").exists()): write_report(out, state)
         return state
 
@@ -279,30 +275,33 @@ def _record_start(out, cfg, policy, fps, runtime, todo):
 
 # %% ../nbs/09_pipeline.ipynb #f845e9c5
 def _run_recorded(stage, cfg, policy, model, tok, out, state, todo, fingerprint) -> dict:
-    "Run one stage and record its fingerprint, summary and output checksums in stages.json (the check's gate comes before the first training-side stage); returns the new state."
+    "Run one stage and record its fingerprint, summary and output checksums in stages.json; returns the new state."
     on_main(_prepare, stage, cfg, out, state, todo, fingerprint)
     t0 = time.perf_counter()
     work = lambda: run_stage(stage, cfg, policy, model, tok, out).summary
-    summary = work() if stage in SHARED_STAGES else on_main(work)
+    summary = work() if stage.shared else on_main(work)
     return on_main(_record, stage, out, state, fingerprint, summary, round(time.perf_counter() - t0, 1))
 
 def _prepare(stage, cfg, out, state, todo, fingerprint):
-    "Before a stage: the check's gate before the first stage after it; stale distillation checkpoints cleared."
-    if stage == next((x for x in todo if x != "check"), None): _gate(cfg, state, todo)
-    if stage == "distillation": _clear_checkpoints_if_stale(out, _checkpoint_key(out, fingerprint))
+    "Before a stage: the gates of the finished stages before it (once, before the first stage after them that runs), then its own preparation."
+    for s in STAGE_RECORDS[:STAGE_RECORDS.index(stage)]:
+        first_after = next((x for x in todo if STAGES.index(x) > STAGES.index(s.name)), None)
+        if s.gate and s.name in state and first_after == stage.name: s.gate(state[s.name]["summary"], getattr(cfg, s.name))
+    if stage.prepare: stage.prepare(out, fingerprint)
 
 def _record(stage, out, state, fingerprint, summary, seconds) -> dict:
-    state = dict(state, **{stage: dict(fingerprint=fingerprint, summary=summary | dict(seconds=seconds), checksums=output_checksums(out, stage))})
+    state = dict(state, **{stage.name: dict(fingerprint=fingerprint, summary=summary | dict(seconds=seconds), checksums=output_checksums(out, stage))})
     write_json(run_file(out, "stages"), state)
-    log.info(f"{stage}: " + ", ".join(f"{k}={_short(v)}" for k,v in state[stage]["summary"].items()))
+    log.info(f"{stage.name}: " + ", ".join(f"{k}={_short(v)}" for k,v in state[stage.name]["summary"].items()))
     return state
 
 # %% ../nbs/09_pipeline.ipynb #72197284
 def _check_fits(cfg, policy, model, tok):
-    "Fail before any work when the policy prompt leaves no room for the answers."
+    "Fail before any work when the policy prompt leaves no room for the longest answer a stage asks for."
     from policyalign.policy import Prompter
     from policyalign.rollout import context_length, prepare_prompts
-    prepare_prompts(Prompter(tok, policy), [], max(cfg.filter.max_new_tokens, cfg.distill.max_new_tokens), context_length(model))
+    longest = max(getattr(getattr(cfg, s.name), "max_new_tokens", 0) for s in STAGE_RECORDS if s.name != SYNTH.name)   # synthesis's are the generator's
+    prepare_prompts(Prompter(tok, policy), [], longest, context_length(model))
 
 def _set_runtime(cfg) -> dict:
     "Fix what decides floating-point results: the thread count (when set) and deterministic algorithms; returns both for config.json."
@@ -318,21 +317,6 @@ def _versions():
     from policyalign import __version__
     return dict(policyalign=__version__, torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
                 python=platform.python_version())
-
-# %% ../nbs/09_pipeline.ipynb #1aaa1d66
-def _checkpoint_key(out, fingerprint:str) -> str:
-    "What distillation checkpoints must match to be resumed: the stage's settings and the exact rows it trains and watches on."
-    return stable_hash(fingerprint, *(file_sha256(run_file(out, n)) for n in ("filtered", "heldout")))
-
-def _clear_checkpoints_if_stale(out, key:str):
-    "Distillation checkpoints made under other settings, or on other rows, must not be resumed."
-    ckpt,marker = run_file(out, "checkpoints"),run_file(out, "checkpoints_fingerprint")
-    stale = not marker.exists() or marker.read_text() != key
-    if ckpt.exists() and stale:
-        import shutil; shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    if stale:
-        with atomic_write(marker) as f: f.write(key)
 
 # %% ../nbs/09_pipeline.ipynb #d70dc1ff
 def shows(check:dict|None, ev:dict|None) -> str:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import csv, json, math
 from collections import Counter
 from pathlib import Path
-from .core import PolicyAlignError, get_logger, read_jsonl
+from .core import PolicyAlignError, Stage, get_logger, read_jsonl
 from .policy import Policy, load_policy
 from .compose import topic_stems
-from .synthesis import clean_items, dedup_rows, jaccard, shingles
+from .synthesis import SynthConfig, clean_items, dedup_rows, jaccard, shingles, synthesize
 
 # %% auto #0
-__all__ = ['assign_rule', 'import_seeds']
+__all__ = ['STAGE', 'assign_rule', 'import_seeds', 'seed_column', 'seed_rows']
 
 # %% ../nbs/03b_seeds.ipynb #0679e45b
 log = get_logger(__name__)
@@ -69,3 +69,16 @@ def import_seeds(source, policy:Policy|str, column:str="goal", name:str|None=Non
     if dedup: rows,stats["dedup"] = dedup_rows(rows, threshold, n)
     log.info(f"seed import {name}: {stats}")
     return rows
+
+# %% ../nbs/03b_seeds.ipynb #79dcac25
+def seed_column(path) -> str:
+    "The column of a seed file that holds the requests: `goal` (AdvBench), `request`, else `instruction`."
+    head = Path(path).read_text(encoding="utf-8", errors="replace")[:2000]
+    return next((c for c in ("goal", "request") if c in head), "instruction")
+
+def seed_rows(cfg:SynthConfig, policy:Policy) -> list[dict]|None:
+    "The requests of the seed file `cfg.seeds` as synthesis rows (None without one)."
+    return import_seeds(cfg.seeds, policy, column=seed_column(cfg.seeds)) if cfg.seeds else None
+
+STAGE = Stage("synth", synthesize, SynthConfig, keeps=("synthesis", "heldout", "synthesis_stats"), rows=seed_rows,
+              about="requests that break each rule, and benign look-alikes, split into training candidates and held-out rows")

@@ -13,7 +13,7 @@ from .policy import Policy, Rule, load_policy
 from .refusal import is_refusal
 from .compose import BENIGN_TACTIC, TACTICS, compose_requests, request_problem
 from .generators import LocalGenerator, OpenAIGenerator
-from .rollout import teacher_weights
+from .measure import variant_context
 
 # %% auto #0
 __all__ = ['SYSTEM_PROMPT', 'HARMFUL_PROMPT', 'BENIGN_PROMPT', 'SOURCES', 'POLICY_TEXT', 'request_messages', 'parse_items',
@@ -160,6 +160,7 @@ class SynthConfig:
     generator_timeout: float = 120.0  # seconds per endpoint request (then bounded retries with backoff)
     heldout_fraction: float = 0.2   # share of harmful requests kept out of training, for evaluation
     heldout_benign: float = 1.0     # share of benign look-alikes kept out of training (the rest are training candidates)
+    seeds: str|None = None          # a CSV/JSON(L) file of existing harmful requests to add (column `goal`, `request` or `instruction`)
     seed: int = 0
 
     def __post_init__(self):
@@ -314,7 +315,7 @@ def synthesize(model, tok, policy:Policy|str, rows:list[dict]|None=None, cfg:Syn
     "Stage 1: requests per rule and tactic, benign look-alikes and any seed `rows`, validated, deduplicated, split into training and held-out rows."
     cfg,policy = cfg or SynthConfig(),(policy if isinstance(policy, Policy) else load_policy(policy))
     seeds,generator = _seed_rows(rows),(generator if generator is not None and cfg.source == "generator" else make_generator(model, tok, cfg))
-    with teacher_weights(model, "frozen"): made,tally = _synth_rules(policy, generator, cfg, out_dir, progress)   # the base model writes
+    with variant_context(model, "base"): made,tally = _synth_rules(policy, generator, cfg, out_dir, progress)   # the base model writes
     _check_rows(made, policy, generator, tally)
     made,dd = dedup_rows(made + seeds, cfg.near_dup_threshold, cfg.ngram)
     train,held = split_heldout(sorted(made, key=_row_order), cfg.heldout_fraction, cfg.seed, cfg.heldout_benign)

@@ -2,10 +2,9 @@
 
     python tests/faults.py POINT ARGS...
 
-POINT is `after:<stage>` (right after stages.json records that stage) or `inside:<stage>`: synthesis, once its
-requests are made and deduplicated, before any is written; filtering and evaluation, halfway through writing their
-cache's second record (a torn line); distillation, right after its first checkpoint (`inside:distillation:N`: its
-N-th). The library has no hook for this: the points are patched in here.
+POINT is `after:<stage>` (right after stages.json records that stage) or `inside:<stage>`: synth, once its
+requests are made and deduplicated, before any is written; filter and eval, halfway through writing their cache's
+second record (a torn line); distill, right after its first checkpoint (`inside:distill:N`: its N-th). The library has no hook for this: the points are patched in here.
 """
 import json, os, signal, sys
 
@@ -52,12 +51,12 @@ def _torn_put(cache_name):
 def install(point:str):
     where,stage,*n = point.split(":")
     if where == "after": return _after(stage)
-    if stage == "synthesis":
+    if stage == "synth":
         import policyalign.synthesis as sy
         return _on_call(sy, "dedup_rows", 1)
-    if stage == "filtering": return _torn_put("score_cache.jsonl")
-    if stage == "evaluation": return _torn_put("generations.jsonl")
-    if stage == "distillation":
+    if stage == "filter": return _torn_put("score_cache.jsonl")
+    if stage == "eval": return _torn_put("generations.jsonl")
+    if stage == "distill":
         import policyalign.distill as d
         return _on_call(d, "save_checkpoint", int(n[0]) if n else 1)
     raise ValueError(point)

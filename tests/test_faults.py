@@ -17,8 +17,7 @@ def reference(tiny_model_dir, tmp_path_factory):
     return base/"run"
 
 
-POINTS = ["after:check", "inside:synthesis", "after:synthesis", "inside:filtering", "after:filtering",
-          "inside:distillation", "after:distillation", "inside:evaluation"]
+POINTS = ["after:check", "inside:synth", "after:synth", "inside:filter", "after:filter", "inside:distill", "after:distill", "inside:eval"]
 
 @pytest.mark.parametrize("point", POINTS)
 def test_kill_anywhere_then_rerun_gives_the_uninterrupted_run(point, reference, tiny_model_dir, tmp_path):
@@ -32,11 +31,11 @@ def test_kill_anywhere_then_rerun_gives_the_uninterrupted_run(point, reference, 
     assert changed_files(run_folder(out), run_folder(reference)) == []
     assert (out/"config.json").read_bytes() == config_at_kill           # provenance kept; the resumption is logged apart
     stages = [json.loads(l)["stages"] for l in (out/"resumes.jsonl").read_text().splitlines()]
-    done_before = {"after:check": 1, "inside:synthesis": 1, "after:synthesis": 2, "inside:filtering": 2, "after:filtering": 3,
-                   "inside:distillation": 3, "after:distillation": 4, "inside:evaluation": 4}[point]
-    assert stages == [["check", "synthesis", "filtering", "distillation", "evaluation"][done_before:]]
-    if point == "inside:distillation": assert "resuming from step 2" in r.stderr
-    if point in ("inside:filtering", "inside:evaluation"): assert "cut off mid-write" in r.stderr   # the torn record
+    done_before = {"after:check": 1, "inside:synth": 1, "after:synth": 2, "inside:filter": 2, "after:filter": 3,
+                   "inside:distill": 3, "after:distill": 4, "inside:eval": 4}[point]
+    assert stages == [["check", "synth", "filter", "distill", "eval"][done_before:]]
+    if point == "inside:distill": assert "resuming from step 2" in r.stderr
+    if point in ("inside:filter", "inside:eval"): assert "cut off mid-write" in r.stderr   # the torn record
 
 
 def _copy(reference, tmp_path):
@@ -45,8 +44,8 @@ def _copy(reference, tmp_path):
 
 
 @pytest.mark.parametrize("damage,redone", [
-    ("truncate scores.jsonl", ["filtering", "distillation", "evaluation"]),
-    ("delete adapter/adapter_model.safetensors", ["distillation", "evaluation"]),
+    ("truncate scores.jsonl", ["filter", "distill", "eval"]),
+    ("delete adapter/adapter_model.safetensors", ["distill", "eval"]),
     ("truncate check.json", ["check"])])
 def test_damaged_stage_file_is_recomputed_with_what_follows(damage, redone, reference, tmp_path):
     out = _copy(reference, tmp_path)
@@ -70,7 +69,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, tiny_
     "Killed right after the last checkpoint (step 4), whose weights are then cut short: the rerun resumes from step 2."
     out,env = tmp_path/"run",dict(POLICYALIGN_CACHE=str(tmp_path/"cache"))
     args = ["run", "--model", tiny_model_dir, "--out", out, *TINY_SETS]
-    assert _kill_at("inside:distillation:2", args, env).returncode == -signal.SIGKILL
+    assert _kill_at("inside:distill:2", args, env).returncode == -signal.SIGKILL
     newest = sorted((out/"checkpoints").glob("step-*"))[-1]
     assert newest.name == "step-000004" and not (out/"adapter").exists()
     for f in newest.glob("*.safetensors"): f.write_bytes(f.read_bytes()[:100])

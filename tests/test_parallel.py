@@ -18,7 +18,7 @@ def test_two_processes_under_torchrun_make_the_single_process_run_folder(tiny_mo
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("report: ") == 1                  # one process speaks for the run
     assert changed_files(run_folder(tmp_path/"two"), run_folder(tmp_path/"one")) == []
-    assert "distillation" in (tmp_path/"two"/"report.md").read_text()
+    assert "**distill**" in (tmp_path/"two"/"report.md").read_text()
 
 def test_a_failure_on_the_first_process_stops_the_others(tiny_model_dir, tmp_path):
     "A policy file that does not exist fails on both processes at once, with the two-line error, instead of a hang."

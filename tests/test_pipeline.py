@@ -19,11 +19,11 @@ def test_run_writes_every_artifact(finished_run):
     out,r = finished_run
     for a in ARTIFACTS: assert (out/a).exists(), a
     from policyalign.core import RUN_FILES
-    named = {f.split("/")[0] for d in RUN_FILES.values() for f in d.values()}
+    named = {f.file.split("/")[0] for f in RUN_FILES.values()}
     assert {p.name for p in out.iterdir() if not p.name.startswith("groups_")} <= named   # core.RUN_FILES names every artifact
     assert f"report: {out/'report.md'}" in r.stdout
     stages = json.loads((out/"stages.json").read_text())
-    assert list(stages) == ["check", "synthesis", "filtering", "distillation", "evaluation"]
+    assert list(stages) == ["check", "synth", "filter", "distill", "eval"]
     assert json.loads((out/"config.json").read_text())["runtime"] == dict(threads=1, deterministic_algorithms=True)
     metrics = [json.loads(l) for l in (out/"metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 4 and all(m["loss"] == m["loss"] and m["loss"] >= 0 for m in metrics)   # finite, non-negative
@@ -32,7 +32,7 @@ def test_run_writes_every_artifact(finished_run):
     ev = json.loads((out/"eval.json").read_text())
     assert {m["variant"] for m in ev["metrics"]} == {"base", "oracle", "aligned"}
     report = (out/"report.md").read_text()
-    assert "distillation" in report and "| suite |" in report
+    assert "distill" in report and "| suite |" in report
     assert report.index("## The oracle check") < report.index("## Stages") < report.index("| suite |")
     check = json.loads((out/"check.json").read_text())
     assert check["overall"]["verdict"] in ("clear", "weak", "nothing") and len(check["rules"]) == 9
@@ -53,7 +53,7 @@ def test_changed_setting_is_reported_not_mixed(finished_run):
     out,_ = finished_run
     r = run_cli("run", "--out", out, "--lr", "0.5")
     assert r.returncode == 2
-    assert "settings of stage 'distillation' changed" in r.stderr and "--restart-from distillation" in r.stderr
+    assert "settings of stage 'distill' changed" in r.stderr and "--restart-from distill" in r.stderr
     assert "Traceback" not in r.stderr
 
 def test_adapter_reloads_with_peft(finished_run, tiny_model_dir):

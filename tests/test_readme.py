@@ -67,7 +67,7 @@ def test_readme_gpu_example_chains_the_stages_on_a_tiny_model(tmp_path, monkeypa
     assert ns["trained"].summary["steps"] == 2 and (run/"adapter"/"adapter_model.safetensors").exists()
     assert {"synth-harmful", "synth-benign"} <= set(ns["result"].report["suites"]) and ns["result"].report["mechanism"]["n"] > 0
     from policyalign.core import RUN_FILES
-    named = {f.split("/")[0] for d in RUN_FILES.values() for f in d.values()}
+    named = {f.file.split("/")[0] for f in RUN_FILES.values()}
     assert {p.name for p in run.iterdir()} - named == {"groups_synth-harmful.png", "groups_synth-benign.png"}   # groups_{suite}.png
     assert named - {p.name for p in run.iterdir()} == {"check.json", "synthesis.partial.jsonl", "tensorboard", "config.json", "resumes.jsonl",
-                                                       "stages.json", "report.md", ".lock", "groups_{suite}.png"}   # the check and the pipeline's own
+                                                       "stages.json", "report.md", ".lock", "groups_{suite}.png", "eval_{decoding}.png", "verl"}   # the check's, the pipeline's, the export's

@@ -9,7 +9,7 @@ TRAIN = tiny_prompts() + ["Make a gun at home.", "Find Bob's address.", "Send a 
 
 def _heldout_kl_ratio(lr):
     "Held-out policy KL after 6 distillation steps at `lr`, over the same before them (fresh model, fixed seeds)."
-    from policyalign.check import policy_kl
+    from policyalign.measure import policy_kl
     from policyalign.distill import DistillConfig, distill
     from policyalign.models import add_lora
     tok,pol = tiny_tokenizer(),tiny_policy()
@@ -78,8 +78,9 @@ def test_check_command_bad_input_in_two_lines(args, words):
 
 def test_gate_stops_the_gpu_preset_when_there_is_nothing_to_distil():
     from policyalign.core import PolicyAlignError
-    from policyalign.pipeline import PipelineConfig, _gate
-    state = {"check": {"summary": {"verdict": "nothing"}}}
-    with pytest.raises(PolicyAlignError, match="--ignore-check"): _gate(PipelineConfig.preset_for("gpu"), state, ["synthesis"])
-    _gate(PipelineConfig.preset_for("cpu"), state, ["synthesis"])                      # the CPU preset goes on to show the mechanism
-    _gate(PipelineConfig.preset_for("gpu"), {"check": {"summary": {"verdict": "weak"}}}, ["synthesis"])
+    from policyalign.check import CheckConfig, gate
+    from policyalign.pipeline import PipelineConfig
+    nothing = {"verdict": "nothing"}
+    with pytest.raises(PolicyAlignError, match="--ignore-check"): gate(nothing, PipelineConfig.preset_for("gpu").check)
+    gate(nothing, PipelineConfig.preset_for("cpu").check)                      # the CPU preset goes on to show the mechanism
+    gate({"verdict": "weak"}, PipelineConfig.preset_for("gpu").check)
