@@ -18,7 +18,7 @@ from .compose import BENIGN_TACTIC, TACTICS, compose_requests
 
 # %% auto #0
 __all__ = ['VERDICTS', 'ADVICE', 'TEACHER_PROMPTS', 'STAGE', 'CheckConfig', 'check_requests', 'verdict', 'improvement',
-           'CheckResult', 'compare_teachers', 'oracle_check', 'check_markdown', 'gate']
+           'CheckResult', 'compare_teachers', 'oracle_check', 'check_markdown', 'check_budget', 'gate']
 
 # %% ../nbs/05c_check.ipynb #13f09fb9
 log = get_logger(__name__)
@@ -227,6 +227,12 @@ def check_markdown(res:dict) -> str:
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/05c_check.ipynb #af70e533
+def check_budget(run, policy) -> int:
+    "The most answer tokens the check generates: every request, greedy and sampled, with and without the policy (and with the other teacher), plus the policy KL's samples."
+    c = run.check
+    passes = 2 * (1 + c.samples) + (1 + c.samples) * c.compare_teachers + c.samples
+    return len(policy) * (c.n_harmful + c.n_benign) * passes * c.max_new_tokens
+
 def gate(summary:dict, cfg:CheckConfig):
     "Before any later stage of a run: stop when the check found nothing to distil, unless `cfg.stop_if_nothing` is off (then say so)."
     if summary.get("verdict") != "nothing": return
@@ -235,5 +241,5 @@ def gate(summary:dict, cfg:CheckConfig):
                                "make the policy shorter and more direct, or use a bigger instruct model; to go on anyway, rerun with --ignore-check")
     log.warning("the oracle check found nothing to distil; going on to demonstrate the mechanism (check.stop_if_nothing is off)")
 
-STAGE = Stage("check", oracle_check, CheckConfig, keeps=("check",), volatile=("stop_if_nothing",), gate=gate,
+STAGE = Stage("check", oracle_check, CheckConfig, keeps=("check",), volatile=("stop_if_nothing",), gate=gate, budget=check_budget,
               about="what the policy in the prompt does to the model before any training, and whether there is anything to distil")

@@ -8,7 +8,8 @@ import json, shutil
 from dataclasses import asdict
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, atomic_dir, atomic_write, file_sha256, get_logger, read_json, run_file, stable_hash, write_json
+from .core import (PolicyAlignError, atomic_dir, atomic_write, file_sha256, get_logger, read_json, run_file,
+                              stable_hash, write_json)
 
 # %% auto #0
 __all__ = ['save_checkpoint', 'load_checkpoint', 'checkpoint_key', 'prepare_checkpoints', 'save_adapter', 'load_adapter',
@@ -23,12 +24,14 @@ def _adapter_state(model, name):
     return {k: v.detach().cpu().contiguous() for k,v in get_peft_model_state_dict(model, adapter_name=name).items()}
 
 def save_checkpoint(model, opt, sched, step:int, history:list, ckpt_dir, cfg, scaler=None) -> Path:
-    "Write checkpoint `step-NNNNNN` into `ckpt_dir` atomically, keeping the newest `cfg.keep_checkpoints` (`cfg`: the run's settings, a dataclass)."
+    ("Write checkpoint `step-NNNNNN` into `ckpt_dir` atomically, keeping the newest `cfg.keep_checkpoints` "
+     "(`cfg`: the run's settings, a dataclass).")
     from safetensors.torch import save_file
     ckpt_dir = Path(ckpt_dir)
     with atomic_dir(final := ckpt_dir/f"step-{step:06d}") as tmp:
         for name in model.peft_config: save_file(_adapter_state(model, name), str(tmp/f"adapter-{name}.safetensors"))
-        states = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None}
+        states = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                  "scaler": scaler.state_dict() if scaler else None}
         torch.save(states, tmp/"optimizer.pt")
         write_json(tmp/"state.json", dict(step=step, history=history, config=asdict(cfg)))
     for old in sorted(ckpt_dir.glob("step-*"))[:-cfg.keep_checkpoints]: shutil.rmtree(old, ignore_errors=True)
@@ -42,8 +45,10 @@ def _load_one(model, opt, sched, path, scaler=None):
     for name in model.peft_config:
         f = path/f"adapter-{name}.safetensors"
         if f.exists(): set_peft_model_state_dict(model, load_file(str(f)), adapter_name=name)
-    o = torch.load(path/"optimizer.pt", weights_only=True, map_location=next(model.parameters()).device)   # saved on another GPU, resumed here
-    opt.load_state_dict(o["optimizer"]); sched.load_state_dict(o["scheduler"])
+    # saved on another GPU, resumed here
+    o = torch.load(path/"optimizer.pt", weights_only=True, map_location=next(model.parameters()).device)
+    opt.load_state_dict(o["optimizer"])
+    sched.load_state_dict(o["scheduler"])
     if scaler and o.get("scaler"): scaler.load_state_dict(o["scaler"])
     return state["step"], state["history"]
 
@@ -57,12 +62,16 @@ def load_checkpoint(model, opt, sched, ckpt_dir, scaler=None) -> tuple[int, list
 
 # %% ../nbs/05e_checkpoints.ipynb #51e39312
 def checkpoint_key(out_dir, fingerprint:str) -> str:
-    "What checkpoints in run folder `out_dir` must match to be resumed: the stage's settings and the exact rows it trains and watches on."
+    ("What checkpoints in run folder `out_dir` must match to be resumed: the stage's settings and the exact rows "
+     "it trains and watches on.")
     return stable_hash(fingerprint, *(file_sha256(run_file(out_dir, n)) for n in ("filtered", "heldout")))
 
+# %% ../nbs/05e_checkpoints.ipynb #12e41dd5
 def prepare_checkpoints(out_dir, fingerprint:str):
-    "Delete the checkpoints of `out_dir` made under other settings or from other rows, and record the key of the ones to come."
-    ckpt,marker,key = run_file(out_dir, "checkpoints"),run_file(out_dir, "checkpoints_key"),checkpoint_key(out_dir, fingerprint)
+    ("Delete the checkpoints of `out_dir` made under other settings or from other rows, and record the key "
+     "of the ones to come.")
+    ckpt,marker = run_file(out_dir, "checkpoints"),run_file(out_dir, "checkpoints_key")
+    key = checkpoint_key(out_dir, fingerprint)
     stale = not marker.exists() or marker.read_text() != key
     if ckpt.exists() and stale: shutil.rmtree(ckpt)
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -87,19 +96,24 @@ def load_adapter(base_model, path, trainable:bool=False):
     "Attach a saved adapter to a base model (not PEFT-wrapped)."
     from peft import PeftModel
     if not (Path(path)/"adapter_config.json").exists():
-        raise PolicyAlignError(f"{path} is not an adapter folder (no adapter_config.json)", "pass the run folder's adapter/ directory")
+        raise PolicyAlignError(f"{path} is not an adapter folder (no adapter_config.json)",
+                               "pass the run folder's adapter/ directory")
     return PeftModel.from_pretrained(base_model, str(path), is_trainable=trainable)
 
+# %% ../nbs/05e_checkpoints.ipynb #7a5e87b1
 def restore_adapter(model, out_dir):
-    "Load run folder `out_dir`'s trained adapter into the PEFT `model` (when distillation finished in an earlier process)."
+    ("Load run folder `out_dir`'s trained adapter into the PEFT `model` "
+     "(when distillation finished in an earlier process).")
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
     set_peft_model_state_dict(model, load_file(str(run_file(out_dir, "adapter")/"adapter_model.safetensors")))
 
+# %% ../nbs/05e_checkpoints.ipynb #eec5f73c
 def merge_adapter(model, out_dir=None):
     "Fold the adapter into the base weights (non-quantised bases only); optionally save the merged model."
     if getattr(model.get_base_model(), "is_loaded_in_4bit", False):
-        raise PolicyAlignError("cannot merge into a 4-bit base", "reload the base in bf16 (quantize='none'), attach the adapter with load_adapter, then merge")
+        raise PolicyAlignError("cannot merge into a 4-bit base", "reload the base in bf16 (quantize='none'), "
+                               "attach the adapter with load_adapter, then merge")
     merged = model.merge_and_unload()
     if out_dir: merged.save_pretrained(out_dir, safe_serialization=True)
     return merged

@@ -7,39 +7,48 @@ from __future__ import annotations
 import argparse, json, os, sys, traceback
 from dataclasses import replace
 from pathlib import Path
-from .core import PolicyAlignError, atomic_dir, atomic_write, get_logger, read_json, read_jsonl, run_file
-from .pipeline import PipelineConfig, STAGE_RECORDS, STAGES, config_from_dict, config_to_dict, run
+from .core import (PolicyAlignError, atomic_dir, atomic_write, read_json, read_jsonl, read_text_file,
+                              run_file)
+from .pipeline import (PipelineConfig, STAGE_RECORDS, STAGES, config_from_dict, config_to_dict,
+                                  planned_tokens, run)
 from .parallel import is_main
+from .policy import load_policy
 
 # %% auto #0
-__all__ = ['read_config_file', 'overrides_from_sets', 'build_config', 'make_parser', 'export_verl', 'check_command', 'main']
-
-# %% ../nbs/10_cli.ipynb #85f3811e
-log = get_logger(__name__)
+__all__ = ['read_config_file', 'overrides_from_sets', 'build_config', 'make_parser', 'export_verl', 'check_command', 'plan_text',
+           'main']
 
 # %% ../nbs/10_cli.ipynb #044370c8
 def read_config_file(path) -> dict:
     "A TOML or YAML config file as a dict, with a clear error for a missing or malformed file."
     p = Path(path)
-    if not p.is_file(): raise PolicyAlignError(f"config file {p} not found", "check the path")
-    text = p.read_text(encoding="utf-8")
+    text = read_text_file(p, "config file", "pass a TOML (.toml) or YAML (.yaml) file of settings, "
+                                            "e.g. examples/qwen-coder-0.5b.toml")
+    yaml_file = p.suffix in (".yaml", ".yml")
+    if yaml_file:
+        try: import yaml
+        except ImportError as e:
+            raise PolicyAlignError("YAML config files need the pyyaml package",
+                                   "pip install pyyaml, or write the config as TOML") from e
     try:
-        if p.suffix in (".yaml", ".yml"):
+        if yaml_file:
             import yaml
             d = yaml.safe_load(text) or {}
         else:
             try: import tomllib
             except ModuleNotFoundError: import tomli as tomllib   # Python 3.10
             d = tomllib.loads(text)
-    except Exception as e: raise PolicyAlignError(f"{p} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'TOML'}: {e}", "fix the syntax") from e
+    except Exception as e:
+        raise PolicyAlignError(f"{p} is not valid {'YAML' if yaml_file else 'TOML'}: {e}", "fix the syntax") from e
     if not isinstance(d, dict): raise PolicyAlignError(f"{p} must hold a table of settings, not {type(d).__name__}")
     return d
 
+# %% ../nbs/10_cli.ipynb #d87f3af1
 def _parse_value(v:str):
     try: return json.loads(v)
     except json.JSONDecodeError: return v
 
-# %% ../nbs/10_cli.ipynb #d87f3af1
+# %% ../nbs/10_cli.ipynb #ade50bc2
 def overrides_from_sets(sets:list[str]) -> dict:
     "`['distill.steps=4', 'policy=medical']` as a nested dict."
     out = {}
@@ -58,86 +67,120 @@ def _merge(a:dict, b:dict) -> dict:
     for k,v in b.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
+# %% ../nbs/10_cli.ipynb #c53d5909
 def _flag_overrides(a) -> dict:
     g = lambda k: getattr(a, k, None)
     d = {"policy": g("policy"), "seed": g("seed"),
          "model": {"name": g("model")}, "distill": {"steps": g("steps"), "lr": g("lr"), "teacher": g("teacher")},
          "check": {"stop_if_nothing": False if g("ignore_check") else None},
          "synth": {"generator_url": g("generator_url"), "generator_model": g("generator_model"), "seeds": g("seeds"),
-                   "source": "generator" if g("generator_url") else None}}     # an endpoint given is an endpoint to use
+                   # an endpoint given is an endpoint to use
+                   "source": "generator" if g("generator_url") else None}}
     prune = lambda x: {k: prune(v) if isinstance(v, dict) else v for k,v in x.items() if v is not None and v != {}}
     return prune(prune(d))
 
+# %% ../nbs/10_cli.ipynb #ce87f979
 def build_config(a) -> PipelineConfig:
     "The run's config: the saved one when resuming, else the preset; then the config file, then flags."
     saved = run_file(a.out, "config")
-    base = config_from_dict(read_json(saved)["config"]) if saved.exists() and not a.preset else PipelineConfig.preset_for(a.preset or "auto")
+    if saved.exists() and not a.preset: base = config_from_dict(read_json(saved)["config"])
+    else: base = PipelineConfig.preset_for(a.preset or "auto")
     d = read_config_file(a.config) if a.config else {}
     d = _merge(_merge(d, overrides_from_sets(a.set)), _flag_overrides(a))
     return config_from_dict(d, base)
 
 # %% ../nbs/10_cli.ipynb #c862f474
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="policyalign", description="Align a language model to a plain-language safety policy.")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
-    def stage_parser(name, help_):
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--out", default="runs/policyalign", help="run folder (default: runs/policyalign)")
-        sp.add_argument("--policy", help="general, medical, legal, financial, or a policy file")
-        sp.add_argument("--model", help="smollm2-135m (default, offline), a hub id, or a local folder")
-        sp.add_argument("--preset", choices=("auto", "cpu", "gpu"), help="sizes for CPU or GPU (default: auto, or the run folder's)")
-        sp.add_argument("--config", help="a TOML or YAML file mirroring the stage configs")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, e.g. distill.steps=40 (repeatable)")
-        sp.add_argument("--generator-url", help="OpenAI-compatible endpoint for synthesis (key from $OPENAI_API_KEY)")
-        sp.add_argument("--generator-model", help="model name to request from that endpoint")
-        sp.add_argument("--seeds", help="CSV/JSON(L) of extra harmful requests to import")
-        sp.add_argument("--steps", type=int, help="distillation steps"); sp.add_argument("--lr", type=float, help="learning rate")
-        sp.add_argument("--teacher", choices=("frozen", "ema", "live")); sp.add_argument("--seed", type=int)
-        sp.add_argument("--restart-from", choices=STAGES, help="redo this stage and the ones that depend on it")
-        sp.add_argument("--ignore-check", action="store_true", help="go on to train even when the oracle check finds nothing to distil")
-        return sp
-    stage_parser("run", "run (or resume) the check, synthesis, filtering, distillation and evaluation")
-    ck = sub.add_parser("check", help="the oracle check: does the policy in the system prompt change what the model does?")
+def _stage_parser(sub, name, help_):
+    "A subcommand that runs stages in a run folder, with every option of a run."
+    sp = sub.add_parser(name, help=help_)
+    sp.add_argument("--out", default="runs/policyalign", help="run folder (default: runs/policyalign)")
+    sp.add_argument("--policy", help="general, medical, legal, financial, or a policy file")
+    sp.add_argument("--model", help="smollm2-135m (default, offline), a hub id, or a local folder")
+    sp.add_argument("--preset", choices=("auto", "cpu", "t4", "gpu"),
+                    help="sizes for CPU, a Colab T4 or a big GPU (default: auto, or the run folder's)")
+    sp.add_argument("--config", help="a TOML or YAML file mirroring the stage configs")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="any setting, e.g. distill.steps=40 (repeatable)")
+    sp.add_argument("--generator-url", help="OpenAI-compatible endpoint for synthesis (key from $OPENAI_API_KEY)")
+    sp.add_argument("--generator-model", help="model name to request from that endpoint")
+    sp.add_argument("--seeds", help="CSV/JSON(L) of extra harmful requests to import")
+    sp.add_argument("--steps", type=int, help="distillation steps")
+    sp.add_argument("--lr", type=float, help="learning rate")
+    sp.add_argument("--teacher", choices=("frozen", "ema", "live"))
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--restart-from", choices=STAGES, help="redo this stage and the ones that depend on it")
+    sp.add_argument("--ignore-check", action="store_true",
+                    help="go on to train even when the oracle check finds nothing to distil")
+    return sp
+
+# %% ../nbs/10_cli.ipynb #8eaf59a4
+def _check_parser(sub):
+    ck = sub.add_parser("check",
+                        help="the oracle check: does the policy in the system prompt change what the model does?")
     ck.add_argument("--policy", help="general, medical, legal, financial, or a policy file")
     ck.add_argument("--model", help="smollm2-135m (default, offline), a hub id, or a local folder")
-    ck.add_argument("--preset", choices=("auto", "cpu", "gpu"), help="check sizes for CPU or GPU (default: auto)")
+    ck.add_argument("--preset", choices=("auto", "cpu", "t4", "gpu"),
+                    help="check sizes for CPU, a Colab T4 or a big GPU (default: auto)")
     ck.add_argument("--config", help="a TOML or YAML file mirroring the stage configs")
     ck.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. check.n_harmful=8 (repeatable)")
-    ck.add_argument("--seed", type=int); ck.add_argument("--out", help="folder to write check.json into (default: print only)")
+    ck.add_argument("--seed", type=int)
+    ck.add_argument("--out", help="folder to write check.json into (default: print only)")
+    return ck
+
+# %% ../nbs/10_cli.ipynb #8920066f
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="policyalign",
+                                description="Align a language model to a plain-language safety policy.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    _stage_parser(sub, "run", "run (or resume) the check, synthesis, filtering, distillation and evaluation")
+    _check_parser(sub)
     for s in STAGE_RECORDS[1:]:     # the check has its own command, above, which needs no run folder
-        stage_parser(s.name, f"(re)run only the {s.name} stage in an existing run folder: {s.about}").set_defaults(stage=s.name)
-    ev = sub.add_parser("export-verl", help="write the filtered requests and the policy as Parquet for the verl-based trainer")
-    ev.add_argument("--out", default="runs/policyalign", help="run folder"); ev.add_argument("--dest", help="output folder (default: OUT/verl)")
-    pp = sub.add_parser("policy", help="show how a policy parses into rules"); pp.add_argument("name", help="shipped name or file")
+        _stage_parser(sub, s.name, f"(re)run only the {s.name} stage in an existing run folder: {s.about}"
+                      ).set_defaults(stage=s.name)
+    ev = sub.add_parser("export-verl",
+                        help="write the filtered requests and the policy as Parquet for the verl-based trainer")
+    ev.add_argument("--out", default="runs/policyalign", help="run folder")
+    ev.add_argument("--dest", help="output folder (default: OUT/verl)")
+    pp = sub.add_parser("policy", help="show how a policy parses into rules")
+    pp.add_argument("name", help="shipped name or file")
+    pl = _stage_parser(sub, "plan", "how many answer tokens each stage of a run would generate, "
+                                    "and how long that takes at a decoding speed")
+    pl.add_argument("--tokens-per-s", type=float,
+                    help="your card's decoding speed (bench/gpu_check.py's generate line)")
     return p
 
 # %% ../nbs/10_cli.ipynb #6816de68
+def _run_teacher(run_dir, cfg):
+    "The run's policy and the teacher's system message (the model's default system prompt kept, when the run kept it)."
+    from transformers import AutoTokenizer
+    from policyalign.models import resolve_model
+    from policyalign.policy import Policy, Prompter
+    text = read_json(run_file(run_dir, "config"))["policy_text"]
+    pol = replace(Policy.parse(text, name=Path(str(cfg.policy)).stem), teacher_system=cfg.teacher_system)
+    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name), revision=cfg.model.revision)
+    return pol, Prompter(tok, pol).teacher_system
+
+# %% ../nbs/10_cli.ipynb #b2d5f165
 def export_verl(run_dir, dest=None) -> Path:
-    "Write train.parquet (filtered requests, with the student's and the teacher's messages) and policy.md for verl from a run folder."
+    ("Write train.parquet (filtered requests, with the student's and the teacher's messages) and policy.md for verl "
+     "from a run folder.")
     from datasets import Dataset
-    run_dir = Path(run_dir); dest = Path(dest or run_file(run_dir, "verl"))
+    run_dir = Path(run_dir)
+    dest = Path(dest or run_file(run_dir, "verl"))
     rows = read_jsonl(run_file(run_dir, "filtered"))
     if not rows: raise PolicyAlignError(f"{run_file(run_dir, 'filtered')} is empty", "run the filtering stage first")
     cfg = config_from_dict(read_json(run_file(run_dir, "config"))["config"])
     pol,system = _run_teacher(run_dir, cfg)
     recs = [dict(data_source=f"policyalign/{pol.name}", prompt=[{"role": "user", "content": r["request"]}],
                  teacher_prompt=[{"role": "system", "content": system}, {"role": "user", "content": r["request"]}],
-                 ability="policy", extra_info=dict(index=i, rule_id=r.get("rule_id", ""), kind=r.get("kind", "harmful")))
+                 ability="policy",
+                 extra_info=dict(index=i, rule_id=r.get("rule_id", ""), kind=r.get("kind", "harmful")))
             for i,r in enumerate(rows)]
     with atomic_dir(dest) as tmp:
         with atomic_write(tmp/"train.parquet", "wb") as f: Dataset.from_list(recs).to_parquet(f)
         (tmp/"policy.md").write_text(pol.render(), encoding="utf-8")
     return dest
-
-def _run_teacher(run_dir, cfg):
-    "The run's policy and the teacher's system message (the model's default system prompt kept, when the run kept it)."
-    from transformers import AutoTokenizer
-    from policyalign.models import resolve_model
-    from policyalign.policy import Policy, Prompter
-    pol = replace(Policy.parse(read_json(run_file(run_dir, "config"))["policy_text"], name=Path(str(cfg.policy)).stem), teacher_system=cfg.teacher_system)
-    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name), revision=cfg.model.revision)
-    return pol, Prompter(tok, pol).teacher_system
 
 # %% ../nbs/10_cli.ipynb #c27144f4
 def _show_policy(name):
@@ -145,11 +188,12 @@ def _show_policy(name):
     print(f"{p.name}: {len(p)} rules ({p.title})")
     for r in p.rules: print(f"  {r.id}  {r.title}: {r.text}")
 
+# %% ../nbs/10_cli.ipynb #ce9b8a0d
 def check_command(a) -> dict:
-    "`policyalign check`: run the oracle check on a model and policy, print it, and write check.json when `--out` is given."
+    ("`policyalign check`: run the oracle check on a model and policy, print it, and write check.json "
+     "when `--out` is given.")
     from policyalign.check import check_markdown, oracle_check
     from policyalign.models import load_model
-    from policyalign.policy import load_policy
     d = _merge(_merge(read_config_file(a.config) if a.config else {}, overrides_from_sets(a.set)), _flag_overrides(a))
     cfg = config_from_dict(d, PipelineConfig.preset_for(a.preset or "auto"))
     policy = cfg.load_policy()                # a bad policy fails before the model loads
@@ -158,11 +202,23 @@ def check_command(a) -> dict:
     print(check_markdown(res.report))
     return res.report
 
+# %% ../nbs/10_cli.ipynb #aeffb084
+def plan_text(cfg:PipelineConfig, tokens_per_s:float|None=None) -> str:
+    "Each stage's most answer tokens (`pipeline.planned_tokens`) and, at `tokens_per_s`, the decoding time they take."
+    t = planned_tokens(cfg)
+    hours = lambda n: f"  {n / tokens_per_s / 3600:.1f} h" if tokens_per_s else ""
+    lines = [f"{k:>8}: {v:>12,} tokens{hours(v)}" for k,v in t.items()]
+    lines += [f"{'total':>8}: {sum(t.values()):>12,} tokens{hours(sum(t.values()))}"]
+    if not tokens_per_s:
+        lines.append("add --tokens-per-s N (bench/gpu_check.py measures it on your card) for the decoding time")
+    return "\n".join(lines)
+
 # %% ../nbs/10_cli.ipynb #c6ebb932
 def _dispatch(a):
     if a.command == "policy": return _show_policy(a.name)
     if a.command == "check": return check_command(a)
     if a.command == "export-verl": return print(f"wrote {export_verl(a.out, a.dest)}")
+    if a.command == "plan": return print(plan_text(build_config(a), a.tokens_per_s))
     cfg = build_config(a)
     stages = (a.stage,) if getattr(a, "stage", None) else STAGES
     done = read_json(run_file(a.out, "stages")) if run_file(a.out, "stages").exists() else {}
@@ -174,16 +230,22 @@ def _dispatch(a):
 def main(argv=None) -> int:
     "The `policyalign` command."
     a = make_parser().parse_args(argv)
-    try: _dispatch(a); return 0
+    try:
+        _dispatch(a)
+        return 0
     except PolicyAlignError as e:
         if a.debug: raise
-        print(f"error: {e}", file=sys.stderr); return 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from what was saved", file=sys.stderr); return 130
+        print("interrupted: rerun the same command to resume from what was saved", file=sys.stderr)
+        return 130
     except Exception as e:
         if a.debug: raise
         if isinstance(e, OSError) and e.errno == 28:
-            print(f"error: no space left on device ({e.filename or e})\n  fix: free some disk space, then rerun the same command: finished work is kept", file=sys.stderr)
+            print(f"error: no space left on device ({e.filename or e})\n"
+                  "  fix: free some disk space, then rerun the same command: finished work is kept", file=sys.stderr)
             return 2
-        print(f"unexpected error: {type(e).__name__}: {e}\n  fix: rerun with --debug for the traceback, and report it if it looks like a bug", file=sys.stderr)
+        print(f"unexpected error: {type(e).__name__}: {e}\n"
+              "  fix: rerun with --debug for the traceback, and report it if it looks like a bug", file=sys.stderr)
         return 1

@@ -12,8 +12,9 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'DATA_CARD', 'PolicyAlignError', 'get_logger', 'atomic_write', 'atomic_dir', 'write_json', 'read_json',
-           'write_jsonl', 'read_jsonl', 'JsonlCache', 'StageResult', 'request_texts', 'check_fields', 'RunFile',
-           'run_file', 'data_card', 'write_data_card', 'Stage', 'set_seed', 'stable_hash', 'cache_dir', 'file_sha256']
+           'write_jsonl', 'read_jsonl', 'read_text_file', 'check_folder', 'JsonlCache', 'StageResult', 'request_texts',
+           'check_fields', 'RunFile', 'run_file', 'data_card', 'write_data_card', 'Stage', 'set_seed', 'stable_hash',
+           'cache_dir', 'file_sha256']
 
 # %% ../nbs/00_core.ipynb #7e60d25d
 class PolicyAlignError(Exception):
@@ -30,8 +31,20 @@ def get_logger(name:str="policyalign") -> logging.Logger:
         h = logging.StreamHandler()
         h.setFormatter(logging.Formatter("[policyalign] %(message)s"))
         root = logging.getLogger("policyalign")
-        root.addHandler(h); root.setLevel(logging.INFO); root.propagate = False
+        root.addHandler(h)
+        root.setLevel(logging.INFO)
+        root.propagate = False
     return log
+
+# %% ../nbs/00_core.ipynb #e5ae2983
+def _umask():
+    "The process's umask, read without changing it."
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+def _discard(tmp):
+    with contextlib.suppress(FileNotFoundError): os.remove(tmp)
 
 # %% ../nbs/00_core.ipynb #5a2940f3
 @contextlib.contextmanager
@@ -43,33 +56,34 @@ def atomic_write(path, mode:str="w", encoding:str|None="utf-8"):
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
-            f.flush(); os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; give artifacts the usual permissions
         os.replace(tmp, path)
     except OSError as err:
         _discard(tmp)
-        if err.errno == 28: raise PolicyAlignError(f"no space left on device while writing {path}",
-                                                   "free some disk space, then rerun the same command: finished work is kept") from err
+        if err.errno == 28:
+            raise PolicyAlignError(f"no space left on device while writing {path}",
+                                   "free some disk space, then rerun the same command: finished work is kept") from err
         raise
     except BaseException:
-        _discard(tmp); raise
-
-# %% ../nbs/00_core.ipynb #e5ae2983
-def _umask():
-    m = os.umask(0); os.umask(m); return m
-
-def _discard(tmp):
-    with contextlib.suppress(FileNotFoundError): os.remove(tmp)
+        _discard(tmp)
+        raise
 
 # %% ../nbs/00_core.ipynb #8e221596
 @contextlib.contextmanager
 def atomic_dir(path, replace:bool=True):
-    "Build a folder in a temporary sibling of `path`, then move it there in one rename; on error nothing is left (`replace=False`: keep a `path` another process made first)."
+    ("Build a folder in a temporary sibling of `path`, then move it there in one rename; on error nothing is left "
+     "(`replace=False`: keep a `path` another process made first).")
     import shutil
-    path = Path(path); tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try: yield tmp
-    except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if path.exists() and replace: shutil.rmtree(path)
     try: os.replace(tmp, path)
     except OSError:                          # a folder appeared meanwhile: another process finished first
@@ -79,8 +93,11 @@ def atomic_dir(path, replace:bool=True):
 # %% ../nbs/00_core.ipynb #2f23339e
 def write_json(path, obj, indent:int=2):
     "Write `obj` as JSON to `path`, atomically."
-    with atomic_write(path) as f: json.dump(obj, f, indent=indent, ensure_ascii=False, default=str); f.write("\n")
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=indent, ensure_ascii=False, default=str)
+        f.write("\n")
 
+# %% ../nbs/00_core.ipynb #34b56c09
 def read_json(path):
     "Read a JSON file, with a clear error when it is missing or corrupted."
     path = Path(path)
@@ -95,10 +112,12 @@ def write_jsonl(path, rows):
     with atomic_write(path) as f:
         for r in rows: f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
 
+# %% ../nbs/00_core.ipynb #20467b40
 def read_jsonl(path) -> list[dict]:
     "Read a JSON-lines file; a bad or truncated line raises `PolicyAlignError` naming the file and line."
     path,rows = Path(path),[]
-    if not path.exists(): raise PolicyAlignError(f"{path} does not exist", "check the path, or run the stage that writes it")
+    if not path.exists():
+        raise PolicyAlignError(f"{path} does not exist", "check the path, or run the stage that writes it")
     with open(path, encoding="utf-8", errors="strict") as f:
         for i,line in enumerate(f, 1):
             if not line.strip(): continue
@@ -107,6 +126,35 @@ def read_jsonl(path) -> list[dict]:
                 raise PolicyAlignError(f"{path} is corrupted at line {i} ({e.msg})",
                                        "delete the file and rerun: the stage that wrote it will recompute it") from e
     return rows
+
+# %% ../nbs/00_core.ipynb #296a78e6
+def read_text_file(path, what:str, fix:str) -> str:
+    ("The UTF-8 text of the file `path` a user named (`what` names it in errors, `fix` says what to pass instead); "
+     "a two-line error for each way it can be wrong.")
+    p = Path(path)
+    if p.is_dir(): raise PolicyAlignError(f"{what} {str(p)!r} is a folder, not a file", fix)
+    if not p.exists(): raise PolicyAlignError(f"{what} {str(p)!r} not found", fix)
+    try: data = p.read_bytes()
+    except OSError as e:
+        raise PolicyAlignError(f"cannot read {what} {str(p)!r} ({e.strerror or e})",
+                               "check the file's permissions, or copy it somewhere readable") from e
+    if b"\x00" in data[:4096]: raise PolicyAlignError(f"{what} {p} is a binary file, not text", fix)
+    try: text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PolicyAlignError(f"{what} {p} is not UTF-8 text (byte {e.start})", "re-save the file as UTF-8") from e
+    if not text.strip(): raise PolicyAlignError(f"{what} {p} is empty", fix)
+    return text
+
+# %% ../nbs/00_core.ipynb #b51ee51a
+def check_folder(path, what:str, fix:str) -> Path:
+    ("A folder the user named, which may not exist yet: refuse a file in its place, "
+     "or a place where nothing can be written.")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir(): raise PolicyAlignError(f"{what} {str(p)!r} is a file, not a folder", fix)
+    parent = next(d for d in (p, *p.parents) if d.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PolicyAlignError(f"{what} {str(p)!r} cannot be written ({parent} is not a writable folder)", fix)
+    return p
 
 # %% ../nbs/00_core.ipynb #5b6c2cb9
 class JsonlCache:
@@ -128,8 +176,6 @@ class JsonlCache:
             for k,v in new.items(): f.write(json.dumps({"key": k, "value": v}, ensure_ascii=False, default=str) + "\n")
         self.data.update(new)
 
-
-
 # %% ../nbs/00_core.ipynb #b964d44d
 @patch
 def _load(self:JsonlCache):
@@ -137,11 +183,14 @@ def _load(self:JsonlCache):
     raw = self.path.read_bytes()
     whole,bad = raw[:raw.rfind(b"\n") + 1],0
     for line in whole.splitlines():
-        try: r = json.loads(line); self.data[r["key"]] = r["value"]
+        try:
+            r = json.loads(line)
+            self.data[r["key"]] = r["value"]
         except (ValueError, KeyError, TypeError): bad += 1
     if bad: get_logger().warning(f"ignoring {bad} damaged line(s) in {self.path}")
     if len(whole) < len(raw):
-        get_logger().warning(f"dropping a record cut off mid-write at the end of {self.path} (a process stopped while writing it)")
+        get_logger().warning(f"dropping a record cut off mid-write at the end of {self.path} "
+                             "(a process stopped while writing it)")
         with open(self.path, "r+b") as f: f.truncate(len(whole))
 
 # %% ../nbs/00_core.ipynb #0f8a28a7
@@ -172,12 +221,14 @@ def check_fields(cfg, **minimums):
     for name,lo in minimums.items():
         v = getattr(cfg, name)
         if v is not None and v < lo:
-            raise PolicyAlignError(f"{type(cfg).__name__}.{name} must be at least {lo} (got {v})", f"set {name} to {lo} or more")
+            raise PolicyAlignError(f"{type(cfg).__name__}.{name} must be at least {lo} (got {v})",
+                                   f"set {name} to {lo} or more")
 
 # %% ../nbs/00_core.ipynb #62c19304
 @dataclass(frozen=True)
 class RunFile:
-    "One artifact of a run folder: its file (format fields allowed), who writes it, what it holds, and whether it holds request text."
+    ("One artifact of a run folder: its file (format fields allowed), who writes it, what it holds, "
+     "and whether it holds request text.")
     file: str
     owner: str
     about: str
@@ -187,29 +238,15 @@ def _files(owner, **files) -> dict[str, RunFile]: return {k: RunFile(v[0], owner
 
 # %% ../nbs/00_core.ipynb #f52eeeb1
 RUN_FILES = {
-    **_files("pipeline", config=("config.json", "the settings, stage fingerprints, policy text and versions that made the folder"),
+    **_files("pipeline",
+             config=("config.json", "the settings, stage fingerprints, policy text and versions that made the folder"),
              resumes=("resumes.jsonl", "one line per later start that had work to do"),
-             stages=("stages.json", "each finished stage's fingerprint, summary and the checksums of the files it keeps"),
-             report=("report.md", "what the run shows: the check, the stages, alarms, the evaluation"), lock=(".lock", "the process holding the folder")),
-    **_files("check", check=("check.json", "the oracle check's probe requests (composed from the policy's rules), answers' kinds and verdicts", True)),
-    **_files("synth", synthesis=("synthesis.jsonl", "the synthesized training candidates, each with its rule, tactic, generator and seed", True),
-             heldout=("heldout.jsonl", "the synthesized requests kept out of training, for the watch and evaluation", True),
-             synthesis_stats=("synthesis.stats.json", "counts per rule, tactic and generator; what validation and dedup dropped"),
-             synthesis_partial=("synthesis.partial.jsonl", "the generator's answers so far, while synthesis runs", True)),
-    **_files("filter", scores=("scores.jsonl", "every candidate with its policy-sensitivity scores", True),
-             filtered=("filtered.jsonl", "the candidates kept for training", True), score_cache=("score_cache.jsonl", "scores reused by a rerun", True),
-             filtering_png=("filtering.png", "the scores' histogram and the kept requests per rule")),
-    **_files("distill", checkpoints=("checkpoints", "the newest training checkpoints (adapters, optimiser, metrics so far)"),
-             checkpoints_key=("checkpoints/key", "what the checkpoints were made from: a rerun resumes them only when it matches"),
-             metrics=("metrics.jsonl", "one line of diagnostics per training step"), adapter=("adapter", "the trained LoRA adapter (PEFT folder)"),
-             training_png=("training.png", "the training curves and alarms"), tensorboard=("tensorboard", "TensorBoard logs, with report_to")),
-    **_files("eval", eval=("eval.json", "every rate, interval and gap closed"), answers=("answers.jsonl", "the evaluated answers with their verdicts", True),
-             eval_png=("eval.png", "base, oracle and aligned per suite (greedy answers)"),
-             eval_decoding_png=("eval_{decoding}.png", "the same for another decoding"),
-             mechanism_png=("mechanism.png", "the held-out policy KL per request, base against aligned"),
-             groups_png=("groups_{suite}.png", "a suite's rates per rule or category")),
-    **_files("export-verl", verl=("verl", "the training requests and the policy in verl's Parquet layout", True)),
-    **_files("every stage that writes requests", data_card=("DATA_CARD.md", "what the requests in this folder are and how to handle them")),
+             stages=("stages.json",
+                     "each finished stage's fingerprint, summary and the checksums of the files it keeps"),
+             report=("report.md", "what the run shows: the check, the stages, alarms, the evaluation"),
+             lock=(".lock", "the process holding the folder")),
+    **_files("check", check=("check.json", "the oracle check's probe requests (composed from the policy's rules), "
+                                           "answers' kinds and verdicts", True)),
 }
 
 def run_file(out_dir, name:str, **fmt) -> Path|None:
@@ -217,6 +254,43 @@ def run_file(out_dir, name:str, **fmt) -> Path|None:
     if out_dir is None: return None
     if name not in RUN_FILES: raise KeyError(f"{name!r} is not a run-folder artifact; known: {sorted(RUN_FILES)}")
     return Path(out_dir)/RUN_FILES[name].file.format(**fmt)
+
+# %% ../nbs/00_core.ipynb #5770903c
+RUN_FILES.update(_files("synth",
+    synthesis=("synthesis.jsonl", "the synthesized training candidates, each with its rule, tactic, generator and seed",
+               True),
+    heldout=("heldout.jsonl", "the synthesized requests kept out of training, for the watch and evaluation", True),
+    synthesis_stats=("synthesis.stats.json",
+                     "counts per rule, tactic and generator; what validation and dedup dropped"),
+    synthesis_partial=("synthesis.partial.jsonl", "the generator's answers so far, while synthesis runs", True)))
+RUN_FILES.update(_files("filter",
+    scores=("scores.jsonl", "every candidate with its policy-sensitivity scores", True),
+    filtered=("filtered.jsonl", "the candidates kept for training", True),
+    score_cache=("score_cache.jsonl", "scores reused by a rerun", True),
+    filtering_png=("filtering.png", "the scores' histogram and the kept requests per rule")))
+
+# %% ../nbs/00_core.ipynb #326f1d0e
+RUN_FILES.update(_files("distill",
+    checkpoints=("checkpoints", "the newest training checkpoints (adapters, optimiser, metrics so far)"),
+    checkpoints_key=("checkpoints/key",
+                     "what the checkpoints were made from: a rerun resumes them only when it matches"),
+    metrics=("metrics.jsonl", "one line of diagnostics per training step"),
+    adapter=("adapter", "the trained LoRA adapter (PEFT folder)"),
+    training_png=("training.png", "the training curves and alarms"),
+    tensorboard=("tensorboard", "TensorBoard logs, with report_to")))
+RUN_FILES.update(_files("eval",
+    eval=("eval.json", "every rate, interval and gap closed"),
+    answers=("answers.jsonl", "the evaluated answers with their verdicts", True),
+    eval_png=("eval.png", "base, oracle and aligned per suite (greedy answers)"),
+    eval_decoding_png=("eval_{decoding}.png", "the same for another decoding"),
+    mechanism_png=("mechanism.png", "the held-out policy KL per request, base against aligned"),
+    groups_png=("groups_{suite}.png", "a suite's rates per rule or category")))
+
+# %% ../nbs/00_core.ipynb #531b9c61
+RUN_FILES.update(_files("export-verl",
+    verl=("verl", "the training requests and the policy in verl's Parquet layout", True)))
+RUN_FILES.update(_files("every stage that writes requests",
+    data_card=("DATA_CARD.md", "what the requests in this folder are and how to handle them")))
 
 # %% ../nbs/00_core.ipynb #7cca4d84
 DATA_CARD = """# About the data in this folder
@@ -232,7 +306,8 @@ model asked to role-play users who break the policy, or composed from the policy
 
 ## What they are
 
-Research data for safety training and evaluation, made without supervision. They are not vetted: a small generator writes
+Research data for safety training and evaluation, made without supervision. \
+They are not vetted: a small generator writes
 many requests that are not requests at all, and the harmful ones are there to be refused. They are not instructions to
 follow, and no claim is made that they are complete, realistic or balanced.
 
@@ -244,11 +319,13 @@ follow, and no claim is made that they are complete, realistic or balanced.
 - Delete the folder when the work is done; `adapter/` alone holds no request text.
 """
 
+# %% ../nbs/00_core.ipynb #f1a5a537
 def data_card() -> str:
     "The text of `DATA_CARD.md`, its table made from the artifacts of `RUN_FILES` that hold request text."
     rows = [f"| `{f.file}{'/' if '.' not in f.file else ''}` | {f.about} |" for f in RUN_FILES.values() if f.requests]
     return DATA_CARD.format(files="\n".join(["| file | what it holds |", "|---|---|"] + rows))
 
+# %% ../nbs/00_core.ipynb #79c29932
 def write_data_card(out_dir):
     "Put `DATA_CARD.md` into run folder `out_dir` unless it is there already (no folder: nothing)."
     if out_dir is None or (path := run_file(out_dir, "data_card")).exists(): return
@@ -258,38 +335,52 @@ def write_data_card(out_dir):
 @dataclass(frozen=True)
 class Stage:
     "What the pipeline knows of a stage, declared by the stage's own module."
-    name: str                       # the stage's one name: its settings' key, its key in stages.json, its CLI subcommand
-    run: Callable                   # stage(model, tok, policy, rows, cfg, out_dir=None, progress=True, **inputs) -> StageResult
+    # the stage's one name: its settings' key, its key in stages.json, its CLI subcommand
+    name: str
+    # stage(model, tok, policy, rows, cfg, out_dir=None, progress=True, **inputs) -> StageResult
+    run: Callable
     config: type                    # its settings (a dataclass)
     keeps: tuple = ()               # the artifacts it leaves for later stages and for you: checksummed when it finishes
-    rows: str|Callable|None = None  # the artifact holding the rows it takes, or rows(cfg, policy) for rows from elsewhere
+    # the artifact holding the rows it takes, or rows(cfg, policy) for rows from elsewhere
+    rows: str|Callable|None = None
     inputs: dict = field(default_factory=dict)   # keyword -> artifact it also reads (a file's rows)
-    needs: tuple = ()               # artifacts it depends on without reading them (the trained adapter, which is in the model)
+    # artifacts it depends on without reading them (the trained adapter, which is in the model)
+    needs: tuple = ()
     volatile: tuple = ()            # settings that do not change its output (how often to checkpoint, where to report)
     shared: bool = False            # under torchrun every process runs it; the others run on the first process alone
     prepare: Callable|None = None   # prepare(out_dir, fingerprint), on the first process before it runs
     restore: Callable|None = None   # restore(model, out_dir), when it finished in an earlier process
     gate: Callable|None = None      # gate(summary, cfg), before any later stage runs: raises to stop the run
+    # validate(cfg, policy): the files, folders and packages a user gave it, checked in seconds before any stage runs
+    validate: Callable|None = None
+    budget: Callable|None = None    # budget(run_cfg, policy): the most answer tokens it generates, for time estimates
     about: str = ""
 
-    @property
-    def writes(self) -> list[str]: return [k for k,f in RUN_FILES.items() if f.owner == self.name]
-    @property
-    def reads(self) -> list[str]: return [x for x in (self.rows, *self.inputs.values(), *self.needs) if isinstance(x, str)]
+# %% ../nbs/00_core.ipynb #904c7171
+@patch(as_prop=True)
+def writes(self:Stage) -> list[str]: return [k for k,f in RUN_FILES.items() if f.owner == self.name]
+
+@patch(as_prop=True)
+def reads(self:Stage) -> list[str]:
+    return [x for x in (self.rows, *self.inputs.values(), *self.needs) if isinstance(x, str)]
 
 # %% ../nbs/00_core.ipynb #0780f635
 def set_seed(seed:int):
     "Seed Python, NumPy (when present) and torch."
     import torch
-    random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
     with contextlib.suppress(ImportError):
-        import numpy as np; np.random.seed(seed % 2**32)
+        import numpy as np
+        np.random.seed(seed % 2**32)
 
+# %% ../nbs/00_core.ipynb #131211dd
 def stable_hash(*parts, n:int=16) -> str:
     "A short hex digest of `parts` (JSON-serialised), stable across processes and machines."
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
+# %% ../nbs/00_core.ipynb #ca8d5f3d
 def cache_dir() -> Path:
     "Where converted models and score caches live: `$POLICYALIGN_CACHE`, else `~/.cache/policyalign`."
     p = Path(os.environ.get("POLICYALIGN_CACHE") or Path.home()/".cache"/"policyalign").expanduser()

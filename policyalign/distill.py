@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_distill.ipynb #f9624728
 from __future__ import annotations
-import json, math, os, random, shutil, statistics, time, warnings
+import importlib, json, math, os, random, shutil, statistics, time, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
@@ -20,10 +20,10 @@ from .checkpoints import load_adapter, load_checkpoint, merge_adapter, prepare_c
 
 # %% auto #0
 __all__ = ['STAGE', 'DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update',
-           'answer_seeds', 'distill_step', 'distinct_n', 'Reporter', 'DistillResult', 'distill', 'topk_reverse_kl',
-           'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd', 'token_divergence',
-           'chunked_head_divergence', 'masked_mean', 'DIVERGENCES', 'TEACHERS', 'save_adapter', 'load_adapter',
-           'merge_adapter']
+           'answer_seeds', 'distill_step', 'distinct_n', 'Reporter', 'DistillResult', 'distill', 'distill_budget',
+           'check_reporters', 'topk_reverse_kl', 'topk_tail_reverse_kl', 'reverse_kl', 'forward_kl', 'generalized_jsd',
+           'token_divergence', 'chunked_head_divergence', 'masked_mean', 'DIVERGENCES', 'TEACHERS', 'save_adapter',
+           'load_adapter', 'merge_adapter']
 
 # %% ../nbs/06_distill.ipynb #61d2e9c5
 _all_ = ["topk_reverse_kl", "topk_tail_reverse_kl", "reverse_kl", "forward_kl", "generalized_jsd", "token_divergence", "chunked_head_divergence", "masked_mean", "DIVERGENCES", "TEACHERS",
@@ -297,6 +297,20 @@ def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=N
     return DistillResult(list(rows), _summary(history, kept), _finish(model, history, cfg, out_dir, kept is not None), history)
 
 # %% ../nbs/06_distill.ipynb #096d5b1d
-STAGE = Stage("distill", distill, DistillConfig, keeps=("metrics", "adapter"), rows="filtered", inputs=dict(watch="heldout"),
+def distill_budget(run, policy) -> int:
+    "The most answer tokens distillation samples: every step's rollouts, and the watch's answers."
+    c = run.distill
+    watches = (c.steps // c.watch_every + 1) if c.watch_every else 0
+    return c.steps * c.batch_size * c.samples * c.max_new_tokens + watches * 2 * c.watch_limit * c.watch_tokens
+
+def check_reporters(cfg:DistillConfig, policy=None):
+    "Before any work: the packages `cfg.report_to` names are installed."
+    for name in cfg.report_to:
+        mod = dict(tensorboard="torch.utils.tensorboard", wandb="wandb").get(name)
+        if mod is None: raise PolicyAlignError(f"report_to names {name!r}", "use 'tensorboard' and/or 'wandb'")
+        try: importlib.import_module(mod)
+        except ImportError as e: raise PolicyAlignError(f"report_to={name} needs the {name} package", f"pip install {name}, or leave it out of report_to") from e
+
+STAGE = Stage("distill", distill, DistillConfig, keeps=("metrics", "adapter"), rows="filtered", inputs=dict(watch="heldout"), budget=distill_budget,
               volatile=("checkpoint_every", "keep_checkpoints", "report_to"), shared=True, prepare=prepare_checkpoints,
-              restore=restore_adapter, about="on-policy self-distillation of the policy into the adapter")
+              restore=restore_adapter, validate=check_reporters, about="on-policy self-distillation of the policy into the adapter")

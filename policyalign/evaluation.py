@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from .core import Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_json, write_jsonl
+from .core import Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, check_folder, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_json, write_jsonl
 from .policy import Policy, Prompter
 from .suites import *
 from .judges import *
@@ -22,7 +22,7 @@ from .plots import plot_eval, plot_groups, plot_mechanism, save_figure
 __all__ = ['DECODINGS', 'SAFETY_METRICS', 'STAGE', 'base_fingerprint', 'variant_fingerprint', 'request_seeds', 'answer',
            'mc_prompt', 'choice_correct', 'last_number', 'EvalConfig', 'held_out', 'build_suites', 'make_judges',
            'evaluate_suite', 'gap_table', 'pooled', 'pooled_metrics', 'mechanism', 'mechanism_markdown', 'EvalResult',
-           'evaluate', 'report_markdown']
+           'evaluate', 'report_markdown', 'eval_budget', 'check_eval_inputs']
 
 # %% ../nbs/07_evaluation.ipynb #84d99c46
 log = get_logger(__name__)
@@ -347,6 +347,11 @@ def _fmt(m):
     ci = f" [{m['lo']:.0%}, {m['hi']:.0%}]" if m["lo"] is not None else ""
     return f"{m['rate']:.0%}{ci} ({m['k']}/{m['n']}" + (f", {m['unparsable']} unparsable)" if m["unparsable"] else ")")
 
+def _fmt_gain(g:dict|None) -> str:
+    "The aligned model's paired improvement over the base (positive: better), with its interval."
+    if g is None or g.get("aligned_gain") is None: return "–"
+    return f"{g['aligned_gain']:+.2f} [{g['aligned_gain_lo']:+.2f}, {g['aligned_gain_hi']:+.2f}]"
+
 def _fmt_gap(g:dict|None) -> str:
     "Gap closed with its interval, or why it does not apply."
     if g is None: return "–"
@@ -364,9 +369,11 @@ def _behaviour_table(result:dict, decoding:str) -> list[str]:
     by = {(m["suite"], m["metric"], m["judge"], m["variant"]): m for m in ms}
     keys = list(dict.fromkeys((m["suite"], m["metric"], m["judge"]) for m in ms if m["metric"] != "full_refusal"))
     name = lambda s,k: "over-refusal" if k == "refusal" and result["suites"][s]["kind"] == "benign" else k
-    lines = ["| suite | metric | judge | " + " | ".join(variants) + " | gap closed |", "|---|---|---|" + "---|"*len(variants) + "---|"]
+    lines = ["| suite | metric | judge | " + " | ".join(variants) + " | aligned better than base by | gap closed |",
+             "|---|---|---|" + "---|"*len(variants) + "---|---|"]
     for s,k,j in keys:
-        lines.append(f"| {s} | {name(s,k)} | {j} | " + " | ".join(_fmt(by.get((s,k,j,v))) for v in variants) + f" | {_fmt_gap(gaps.get((s, j, k)))} |")
+        g = gaps.get((s, j, k))
+        lines.append(f"| {s} | {name(s,k)} | {j} | " + " | ".join(_fmt(by.get((s,k,j,v))) for v in variants) + f" | {_fmt_gain(g)} | {_fmt_gap(g)} |")
     return lines
 
 def report_markdown(result:dict, level:int=1) -> str:
@@ -376,7 +383,8 @@ def report_markdown(result:dict, level:int=1) -> str:
     lines = [f"{h} Evaluation of {model} against policy {result['policy']['name']!r}", ""]
     if result.get("mechanism"): lines += [f"{h}# What distillation moved (the mechanism)", "", mechanism_markdown(result["mechanism"])]
     lines += [f"{h}# Behaviour", "", "Rates with 95% Wilson intervals and counts (k/n). Lower is better for violation and over-refusal. "
-              "Gap closed = (aligned − base) / (oracle − base), with a paired-bootstrap 95% interval over prompts; "
+              "'Aligned better than base by' is the paired difference of rates (positive: fewer violations or over-refusals, more refusals of harmful requests), and "
+              "gap closed = (aligned − base) / (oracle − base), each with a paired-bootstrap 95% interval over prompts; "
               "n/a where the oracle is not clearly better than the base (its gain's interval includes zero, or it is worse). "
               "`pooled-*` suites hold every public benchmark of one kind together.", ""]
     for d in cfg.get("decodings", ("greedy",)):
@@ -409,5 +417,16 @@ def _write_evaluation(out_dir, result:dict, items:list[dict]) -> dict:
     return paths
 
 # %% ../nbs/07_evaluation.ipynb #fa8cf3f4
-STAGE = Stage("eval", evaluate, EvalConfig, keeps=("eval", "answers"), rows="heldout", inputs=dict(exclude="synthesis"), needs=("adapter",),
+def eval_budget(run, policy) -> int:
+    "The most answer tokens evaluation generates: every safety suite's prompts, per variant and decoding, and the mechanism's samples (multiple choice generates none)."
+    c = run.eval
+    prompts = sum(c.limits.get(s, c.limit or 300) for s in c.suites if s not in ("mmlu", "gsm8k")) + c.gsm8k_limit
+    return prompts * len(c.variants) * len(c.decodings) * c.max_new_tokens + c.mechanism_limit * (2 * c.mechanism_samples + 1) * c.mechanism_tokens
+
+def check_eval_inputs(cfg:EvalConfig, policy=None):
+    "Before any work: the cache folder can be one (a file in its place would only fail after training)."
+    if cfg.cache_dir: check_folder(cfg.cache_dir, "eval.cache_dir", "pass a folder for the generation and verdict caches, or leave it unset")
+
+STAGE = Stage("eval", evaluate, EvalConfig, keeps=("eval", "answers"), rows="heldout", inputs=dict(exclude="synthesis"), needs=("adapter",), validate=check_eval_inputs,
+              budget=eval_budget,
               about="base, oracle and aligned on the benchmarks and the held-out requests, and what distillation moved")

@@ -9,24 +9,26 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
-from .core import Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_jsonl
+from fastcore.basics import patch
+from .core import (Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger,
+                              request_texts, run_file, set_seed, stable_hash, write_data_card, write_jsonl)
 from .models import fingerprint
 from .plots import save_figure
 from .policy import Policy, Prompter
 from .measure import variant_context
-from .rollout import PolicyPrefix, answer_scores, context_length, pair_batch, prepare_prompts, rollout, score_tokens
+from .rollout import (PolicyPrefix, answer_scores, context_length, pair_batch, prepare_prompts, rollout,
+                                 score_tokens)
 
 # %% auto #0
 __all__ = ['SCORES', 'STAGE', 'FilterConfig', 'score_requests', 'flip_scores', 'select_sensitive', 'plot_filtering',
-           'FilterResult', 'filter_requests']
+           'FilterResult', 'filter_requests', 'filter_budget']
 
 # %% ../nbs/04_filtering.ipynb #7f006e64
 log = get_logger(__name__)
 
-# %% ../nbs/04_filtering.ipynb #2776f820
+# %% ../nbs/04_filtering.ipynb #608096ea
 SCORES = ("kl", "logp_gap", "flip")
 
-# %% ../nbs/04_filtering.ipynb #608096ea
 @dataclass
 class FilterConfig:
     "Stage 2 settings; defaults are the GPU (reference-scale) values."
@@ -47,37 +49,46 @@ class FilterConfig:
     reuse_scores: bool = True       # reuse scores from earlier runs (keyed by model, policy, request, sampling)
     seed: int = 0
 
-    def __post_init__(self):
-        if self.score not in SCORES: raise PolicyAlignError(f"unknown score {self.score!r}", f"use one of {SCORES}")
-        check_fields(self, samples=1, max_new_tokens=1, top_k=1, batch_size=1, top_n=1, min_per_rule=0)
-        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
-            raise PolicyAlignError(f"keep_fraction={self.keep_fraction} is outside (0, 1]", "e.g. keep_fraction=0.5")
-        self.kinds = tuple(self.kinds)
-        if not self.kinds or set(self.kinds) - {"harmful", "benign"}:
-            raise PolicyAlignError(f"kinds={self.kinds}", "use ('harmful',) or ('harmful', 'benign')")
-        if self.temperature <= 0: raise PolicyAlignError("the filtering score samples like training: temperature must be > 0")
+    def __post_init__(self): _check_filter_config(self)
 
-    @classmethod
-    def tiny(cls, **kw):
-        "A CPU-sized variant: short answers, small batches."
-        return cls(**{**dict(max_new_tokens=48, batch_size=8), **kw})
+# %% ../nbs/04_filtering.ipynb #71e8a823
+def _check_filter_config(c:FilterConfig):
+    "Refuse settings out of range, with the fix; make `kinds` a tuple."
+    if c.score not in SCORES: raise PolicyAlignError(f"unknown score {c.score!r}", f"use one of {SCORES}")
+    check_fields(c, samples=1, max_new_tokens=1, top_k=1, batch_size=1, top_n=1, min_per_rule=0)
+    if c.keep_fraction is not None and not 0 < c.keep_fraction <= 1:
+        raise PolicyAlignError(f"keep_fraction={c.keep_fraction} is outside (0, 1]", "e.g. keep_fraction=0.5")
+    c.kinds = tuple(c.kinds)
+    if not c.kinds or set(c.kinds) - {"harmful", "benign"}:
+        raise PolicyAlignError(f"kinds={c.kinds}", "use ('harmful',) or ('harmful', 'benign')")
+    if c.temperature <= 0:
+        raise PolicyAlignError("the filtering score samples like training: temperature must be > 0")
 
-    def sampling(self) -> dict:
-        "The settings that decide a cached score."
-        return dict(samples=self.samples, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                    divergence=self.divergence, top_k=self.top_k, seed=self.seed)
+# %% ../nbs/04_filtering.ipynb #950885de
+@patch(cls_method=True)
+def tiny(cls:FilterConfig, **kw):
+    "A CPU-sized variant: short answers, small batches."
+    return cls(**{**dict(max_new_tokens=48, batch_size=8), **kw})
+
+@patch
+def sampling(self:FilterConfig) -> dict:
+    "The settings that decide a cached score."
+    return dict(samples=self.samples, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                divergence=self.divergence, top_k=self.top_k, seed=self.seed)
 
 # %% ../nbs/04_filtering.ipynb #3cd780ca
 def _mean_std(xs): return (statistics.fmean(xs), statistics.pstdev(xs) if len(xs) > 1 else 0.0)
 
 def sample_seeds(keys:list[str], samples:int) -> list[int]:
-    "One seed per answer to sample: from the request's cache key and the sample's index, so that a cached score can be reproduced alone."
+    ("One seed per answer to sample: from the request's cache key and the sample's index, so that a cached score "
+     "can be reproduced alone.")
     return [int(stable_hash(k, j), 16) % 2**31 for k in keys for j in range(samples)]
 
+# %% ../nbs/04_filtering.ipynb #93c5fffa
 def _score_batch(model, tok, s_p, t_p, cfg, prefix, keys):
     "Scores of one batch of prompts: `cfg.samples` answers each (seeded by their keys), averaged."
-    g = rollout(model, tok, s_p, cfg.max_new_tokens, cfg.temperature, batch_size=len(s_p)*cfg.samples, samples=cfg.samples,
-                row_seeds=sample_seeds(keys, cfg.samples))
+    g = rollout(model, tok, s_p, cfg.max_new_tokens, cfg.temperature, batch_size=len(s_p)*cfg.samples,
+                samples=cfg.samples, row_seeds=sample_seeds(keys, cfg.samples))
     rep = lambda xs: [x for x in xs for _ in range(cfg.samples)]
     with torch.no_grad():
         loss,stats,mask = score_tokens(model, pair_batch(rep(s_p), rep(t_p), g.answer_ids, tok.pad_token_id),
@@ -87,7 +98,8 @@ def _score_batch(model, tok, s_p, t_p, cfg, prefix, keys):
     for i in range(len(s_p)):
         sl = slice(i*n, (i+1)*n)
         (kl,kl_sd),(gap,gap_sd) = _mean_std(sc["kl"][sl]),_mean_std(sc["logp_gap"][sl])
-        out.append(dict(kl=kl, kl_std=kl_sd, logp_gap=gap, logp_gap_std=gap_sd, topk_mass=statistics.fmean(sc["topk_mass"][sl]),
+        out.append(dict(kl=kl, kl_std=kl_sd, logp_gap=gap, logp_gap_std=gap_sd,
+                        topk_mass=statistics.fmean(sc["topk_mass"][sl]),
                         answer_tokens=statistics.fmean(len(a) for a in g.answer_ids[sl]), answer=g.texts[i*n]))
     return out
 
@@ -97,34 +109,41 @@ def score_requests(model, tok, policy:Policy, requests:list[str], cfg:FilterConf
     "Policy-sensitivity scores of `requests` (one dict each, in order), reusing cached scores."
     from tqdm.auto import tqdm
     cfg = cfg or FilterConfig()
-    if not requests: raise PolicyAlignError("there are no requests to score", "run synthesis first, or pass a non-empty list")
+    if not requests:
+        raise PolicyAlignError("there are no requests to score", "run synthesis first, or pass a non-empty list")
     pr = Prompter(tok, policy)
     s_p,t_p = prepare_prompts(pr, requests, cfg.max_new_tokens, context_length(model))
     fp = fingerprint(model)
     keys = [stable_hash(fp, policy.render(), r, cfg.sampling()) for r in requests]
-    cache = JsonlCache(cache_path or cache_dir()/"scores"/f"{stable_hash(fp, policy.render())}.jsonl") if cfg.reuse_scores else None
+    cache_path = cache_path or cache_dir()/"scores"/f"{stable_hash(fp, policy.render())}.jsonl"
+    cache = JsonlCache(cache_path) if cfg.reuse_scores else None
     todo = [i for i,k in enumerate(keys) if cache is None or k not in cache]
     prefix = PolicyPrefix(pr) if cfg.prefix_cache else None
     done = {}
     for b in tqdm(range(0, len(todo), cfg.batch_size), desc="filtering: scoring", disable=not progress):
         idx = todo[b:b+cfg.batch_size]
-        rows = _score_batch(model, tok, [s_p[i] for i in idx], [t_p[i] for i in idx], cfg, prefix, [keys[i] for i in idx])
+        pick = lambda xs: [xs[i] for i in idx]
+        rows = _score_batch(model, tok, pick(s_p), pick(t_p), cfg, prefix, pick(keys))
         rows = [dict(key=keys[i], request=requests[i], **r) for i,r in zip(idx, rows)]
         done.update({r["key"]: r for r in rows})
         if cache is not None: cache.put({r["key"]: r for r in rows})
-    if cache is not None and len(todo) < len(requests): log.info(f"filtering: {len(requests) - len(todo)} of {len(requests)} scores reused from {cache.path}")
+    if cache is not None and len(todo) < len(requests):
+        log.info(f"filtering: {len(requests) - len(todo)} of {len(requests)} scores reused from {cache.path}")
     return [done.get(k) or cache.get(k) for k in keys]
 
 # %% ../nbs/04_filtering.ipynb #55ae3526
 def flip_scores(model, tok, policy:Policy, requests:list[str], judge, cfg:FilterConfig|None=None) -> list[float]:
-    "P(safe | policy) - P(safe | no policy) per request: the oracle against the base model, from `cfg.samples` sampled answers each and a judge."
+    ("P(safe | policy) - P(safe | no policy) per request: the oracle against the base model, from `cfg.samples` "
+     "sampled answers each and a judge.")
     cfg = cfg or FilterConfig()
     s_p,t_p = prepare_prompts(Prompter(tok, policy), requests, cfg.max_new_tokens, context_length(model))
     reps = [r for r in requests for _ in range(cfg.samples)]
     def p_safe(prompts, variant):
-        with variant_context(model, variant): g = rollout(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed, cfg.batch_size, cfg.samples)
+        with variant_context(model, variant):
+            g = rollout(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed, cfg.batch_size, cfg.samples)
         v = [x.safe for x in judge.judge(reps, g.texts)]
-        return [statistics.fmean(1.0 if s else 0.0 for s in v[i*cfg.samples:(i+1)*cfg.samples]) for i in range(len(requests))]
+        n = cfg.samples
+        return [statistics.fmean(1.0 if s else 0.0 for s in v[i*n:(i+1)*n]) for i in range(len(requests))]
     return [a - b for a,b in zip(p_safe(t_p, "oracle"), p_safe(s_p, "base"))]
 
 # %% ../nbs/04_filtering.ipynb #ec628bd7
@@ -139,14 +158,18 @@ def _per_rule(harm, cfg) -> list[dict]:
     for r in harm: by[r.get("rule_id")].append(r)
     return [r for rs in by.values() for r in rs[:max(cfg.min_per_rule, round(len(rs) * (cfg.keep_fraction or 1.0)))]]
 
+# %% ../nbs/04_filtering.ipynb #fcff906f
 def _select(group:list[dict], cfg) -> list[dict]:
-    "The rows of one kind to keep, best first: per rule (default), or ranked together with at least `cfg.min_per_rule` per rule."
+    ("The rows of one kind to keep, best first: per rule (default), or ranked together with at least "
+     "`cfg.min_per_rule` per rule.")
     group = sorted(group, key=lambda r: (-r[cfg.score], r.get("request", "")))
     if cfg.per_rule and cfg.top_n is None and cfg.threshold is None: return _per_rule(group, cfg)
     n = _target(len(group), cfg)
     chosen,per_rule = [],Counter()
     for r in group:  # first pass: the best min_per_rule of every rule
-        if per_rule[r.get("rule_id")] < cfg.min_per_rule: chosen.append(r); per_rule[r.get("rule_id")] += 1
+        if per_rule[r.get("rule_id")] < cfg.min_per_rule:
+            chosen.append(r)
+            per_rule[r.get("rule_id")] += 1
     for r in group:
         if any(r is c for c in chosen): continue
         if n is not None and len(chosen) >= n: break
@@ -154,12 +177,15 @@ def _select(group:list[dict], cfg) -> list[dict]:
         chosen.append(r)
     return sorted(chosen, key=lambda r: (-r[cfg.score], r.get("request", "")))
 
+# %% ../nbs/04_filtering.ipynb #b4194092
 def select_sensitive(rows:list[dict], cfg:FilterConfig|None=None) -> list[dict]:
-    "The rows to train on: for each kind in `cfg.kinds` (harmful, then benign), the most policy-sensitive by `cfg.score`."
+    ("The rows to train on: for each kind in `cfg.kinds` (harmful, then benign), the most policy-sensitive "
+     "by `cfg.score`.")
     cfg = cfg or FilterConfig()
     out = [r for kind in cfg.kinds for r in _select([r for r in rows if r.get("kind", "harmful") == kind], cfg)]
     if not out: raise PolicyAlignError(f"no {' or '.join(cfg.kinds)} requests to select from",
-                                       "check that synthesis produced rows of those kinds (benign ones reach training only with synth.heldout_benign < 1)")
+                                       "check that synthesis produced rows of those kinds "
+                                       "(benign ones reach training only with synth.heldout_benign < 1)")
     return out
 
 # %% ../nbs/04_filtering.ipynb #e8fde38d
@@ -174,13 +200,16 @@ def plot_filtering(scored:list[dict], score:str="kl"):
     if ben: a.hist(ben, bins=bins, alpha=.6, label=f"benign (n={len(ben)})")
     kept = [r[score] for r in scored if r.get("selected")]
     if kept: a.axvline(min(kept), color="k", ls="--", label="cut")
-    a.set(xlabel=f"policy sensitivity ({score})", ylabel="requests", title="Scores"); a.legend()
-    rules = sorted({r.get("rule_id") or "?" for r in scored if r.get("kind", "harmful") == "harmful"}, key=lambda x: (len(x), x))
-    tot = Counter(r.get("rule_id") or "?" for r in scored if r.get("kind", "harmful") == "harmful")
+    a.set(xlabel=f"policy sensitivity ({score})", ylabel="requests", title="Scores")
+    a.legend()
+    harmful = [r.get("rule_id") or "?" for r in scored if r.get("kind", "harmful") == "harmful"]
+    rules = sorted(set(harmful), key=lambda x: (len(x), x))
+    tot = Counter(harmful)
     sel = Counter(r.get("rule_id") or "?" for r in scored if r.get("selected"))
     b.bar(rules, [tot[x] for x in rules], color="lightgray", label="candidates")
     b.bar(rules, [sel[x] for x in rules], label="kept")
-    b.set(xlabel="rule", ylabel="requests", title="Kept per rule"); b.legend()
+    b.set(xlabel="rule", ylabel="requests", title="Kept per rule")
+    b.legend()
     fig.tight_layout()
     return fig
 
@@ -190,34 +219,50 @@ class FilterResult(StageResult):
     "Stage 2's result: `rows` are the kept requests, best first; `scored` holds every input row with its scores."
     scored: list[dict] = field(default_factory=list)
 
+# %% ../nbs/04_filtering.ipynb #cd51b701
 def _filter_summary(scored, kept, cfg) -> dict:
     harm = [r[cfg.score] for r in scored if r.get("kind", "harmful") == "harmful"]
     return dict(scored=len(scored), kept=len(kept), mean_score=sum(harm) / max(1, len(harm)),
                 kept_min_score=min((r[cfg.score] for r in kept), default=None))
 
+# %% ../nbs/04_filtering.ipynb #48213fda
 def _write_filtering(out_dir, scored, kept, cfg) -> dict:
     if out_dir is None: return {}
     paths = {n: run_file(out_dir, n) for n in ("scores", "filtered", "filtering_png")}
     write_data_card(out_dir)
-    write_jsonl(paths["scores"], scored); write_jsonl(paths["filtered"], kept)
+    write_jsonl(paths["scores"], scored)
+    write_jsonl(paths["filtered"], kept)
     save_figure(plot_filtering(scored, cfg.score), paths["filtering_png"])
     return paths
 
 # %% ../nbs/04_filtering.ipynb #dd13b33a
-def filter_requests(model, tok, policy:Policy, rows:list[dict], cfg:FilterConfig|None=None, out_dir=None, progress:bool=True) -> FilterResult:
-    "Stage 2: score every row, keep the most policy-sensitive harmful ones; write scores, kept rows and figure to `out_dir`."
+def filter_requests(model, tok, policy:Policy, rows:list[dict], cfg:FilterConfig|None=None, out_dir=None,
+                    progress:bool=True) -> FilterResult:
+    ("Stage 2: score every row, keep the most policy-sensitive harmful ones; "
+     "write scores, kept rows and figure to `out_dir`.")
     cfg = cfg or FilterConfig()
-    if cfg.score == "flip": raise PolicyAlignError("the flip score needs a judge", "call flip_scores(model, tok, policy, requests, judge) and add it to the rows")
+    if cfg.score == "flip": raise PolicyAlignError("the flip score needs a judge", "call flip_scores(model, tok, "
+                                                   "policy, requests, judge) and add it to the rows")
     texts = request_texts(rows)
-    if not texts: raise PolicyAlignError("there are no requests to filter", "run synthesis first, or pass a non-empty list of rows")
+    if not texts:
+        raise PolicyAlignError("there are no requests to filter",
+                               "run synthesis first, or pass a non-empty list of rows")
     scores = score_requests(model, tok, policy, texts, cfg, run_file(out_dir, "score_cache"), progress)
-    scored = [{**(r if isinstance(r, dict) else {"request": r}), **{k: v for k,v in s.items() if k not in ("key", "request")}}
-              for r,s in zip(rows, scores)]
+    scored = [{**(r if isinstance(r, dict) else {"request": r}),
+               **{k: v for k,v in s.items() if k not in ("key", "request")}} for r,s in zip(rows, scores)]
     kept = select_sensitive(scored, cfg)
     ids = {id(r) for r in kept}
     for r in scored: r["selected"] = id(r) in ids
     return FilterResult(kept, _filter_summary(scored, kept, cfg), _write_filtering(out_dir, scored, kept, cfg), scored)
 
 # %% ../nbs/04_filtering.ipynb #26058a77
+def filter_budget(run, policy) -> int:
+    "The most answer tokens filtering samples: `samples` answers for each training candidate synthesis is set to make."
+    s = run.synth
+    per_rule = len(s.tactics) * s.n_per_tactic * (1 - s.heldout_fraction) + s.n_benign * (1 - s.heldout_benign)
+    return round(len(policy) * per_rule * run.filter.samples * run.filter.max_new_tokens)
+
+# %% ../nbs/04_filtering.ipynb #1fc43dad
 STAGE = Stage("filter", filter_requests, FilterConfig, keeps=("scores", "filtered"), rows="synthesis",
+              budget=filter_budget,
               about="the policy-sensitivity of every training candidate, and the most sensitive kept for training")

@@ -7,14 +7,11 @@ from __future__ import annotations
 import json, os, threading, time
 from pathlib import Path
 from fastcore.basics import patch
-from .core import PolicyAlignError, get_logger
+from .core import PolicyAlignError
 from .models import generate, model_name
 
 # %% auto #0
 __all__ = ['LocalGenerator', 'OpenAIGenerator']
-
-# %% ../nbs/03a_generators.ipynb #2b62f178
-log = get_logger(__name__)
 
 # %% ../nbs/03a_generators.ipynb #9b9d7d53
 class LocalGenerator:
@@ -23,7 +20,8 @@ class LocalGenerator:
         self.model,self.tok,self.batch_size,self.top_p = model,tok,batch_size,top_p
         self.name = name or model_name(model, short=True) or "local"
 
-    def complete(self, conversations:list[list[dict]], temperature:float=0.8, max_tokens:int=256, seed:int|None=None) -> list[str]:
+    def complete(self, conversations:list[list[dict]], temperature:float=0.8, max_tokens:int=256,
+                 seed:int|None=None) -> list[str]:
         "One answer per conversation, generated in batches."
         if not conversations: return []
         texts = [self.tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
@@ -40,6 +38,7 @@ def _chat_url(base_url:str) -> str:
     u = base_url.rstrip("/")
     return u if u.endswith("/chat/completions") else u + "/chat/completions"
 
+# %% ../nbs/03a_generators.ipynb #b57f544e
 def _content(data, url:str) -> str:
     "The message text of a chat-completion answer, or a clear error."
     try: c = data["choices"][0]["message"]["content"]
@@ -84,7 +83,8 @@ def _once(self:OpenAIGenerator, payload:dict) -> str:
     except httpx.TransportError as e: raise _Retry(f"{type(e).__name__}: {e}") from e      # refused, reset, timed out
     if resp.status_code >= 500: raise _Retry(f"HTTP {resp.status_code}")
     if resp.status_code >= 400:
-        fix = f"check the key in ${self.api_key_env}" if resp.status_code in (401, 403) else "check the model name and the URL"
+        auth = resp.status_code in (401, 403)
+        fix = f"check the key in ${self.api_key_env}" if auth else "check the model name and the URL"
         raise PolicyAlignError(f"{self.url} answered HTTP {resp.status_code}: {self._scrub(resp.text[:200])}", fix)
     try: data = json.loads(resp.content)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

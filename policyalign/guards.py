@@ -23,8 +23,10 @@ def _length_alarm(history, cfg):
     if len(history) < 2 * w: return None
     start,now = (statistics.fmean(h["answer_tokens"] for h in hs) for hs in (history[:w], history[-w:]))
     if now < cfg.length_floor * start:
-        return _fire("length", history[-1]["step"], f"answers shrank to {now:.0f} tokens from {start:.0f} over the first {w} steps: "
-                     "the student may be collapsing to short refusals", "lower distill.lr or distill.steps (the floor is distill.length_floor)")
+        return _fire("length", history[-1]["step"],
+                     f"answers shrank to {now:.0f} tokens from {start:.0f} over the first {w} steps: "
+                     "the student may be collapsing to short refusals",
+                     "lower distill.lr or distill.steps (the floor is distill.length_floor)")
 
 # %% ../nbs/06a_guards.ipynb #ee815db5
 def _kl_alarm(history, cfg):
@@ -32,23 +34,33 @@ def _kl_alarm(history, cfg):
     if history and "heldout_kl_start" in history[0]: kls = [history[0]["heldout_kl_start"]] + kls
     n = cfg.kl_rise_evals
     if len(kls) > n and all(a < b for a,b in zip(kls[-n-1:-1], kls[-n:])):
-        return _fire("heldout_kl", history[-1]["step"], f"the held-out policy KL rose {n} evaluations in a row, to {kls[-1]:.4f}: "
-                     "the student is moving away from the teacher on requests it does not train on", "lower distill.lr; keep teacher='frozen'")
+        return _fire("heldout_kl", history[-1]["step"],
+                     f"the held-out policy KL rose {n} evaluations in a row, to {kls[-1]:.4f}: "
+                     "the student is moving away from the teacher on requests it does not train on",
+                     "lower distill.lr; keep teacher='frozen'")
 
+# %% ../nbs/06a_guards.ipynb #555b8c51
 def _refusal_alarm(m):
     b,o = m.get("benign_refusal"),m.get("oracle_benign_refusal")
     if b and o and b["lo"] is not None and o["hi"] is not None and b["lo"] > o["hi"]:
-        return _fire("benign_refusal", m["step"], f"the student refuses {b['k']}/{b['n']} benign held-out requests, clearly more than "
-                     f"the oracle ({o['k']}/{o['n']}): it is learning to over-refuse", "lower distill.lr or distill.steps, or soften the policy's wording")
+        return _fire("benign_refusal", m["step"],
+                     f"the student refuses {b['k']}/{b['n']} benign held-out requests, clearly more than "
+                     f"the oracle ({o['k']}/{o['n']}): it is learning to over-refuse",
+                     "lower distill.lr or distill.steps, or soften the policy's wording")
 
 # %% ../nbs/06a_guards.ipynb #05bbf39c
+def _topk_alarm(m, cfg):
+    if m["topk_mass"] < cfg.topk_mass_floor:
+        return _fire("topk_mass", m["step"],
+                     f"the student's top-k mass fell to {m['topk_mass']:.2f}: it is spreading probability outside "
+                     "the tokens the loss sees",
+                     "lower distill.lr, or use divergence='topk_tail_reverse_kl' "
+                     "(the floor is distill.topk_mass_floor)")
+
 def check_alarms(history:list[dict], cfg) -> list[dict]:
     "The alarms that the last step of `history` raises (each alarm fires once per run); `cfg` holds the floors."
     m,fired = history[-1],{a["alarm"] for h in history[:-1] for a in h.get("alarms", [])}
-    found = [_fire("topk_mass", m["step"], f"the student's top-k mass fell to {m['topk_mass']:.2f}: it is spreading probability outside "
-                   "the tokens the loss sees", "lower distill.lr, or use divergence='topk_tail_reverse_kl' (the floor is distill.topk_mass_floor)")
-             if m["topk_mass"] < cfg.topk_mass_floor else None,
-             _length_alarm(history, cfg), _refusal_alarm(m), _kl_alarm(history, cfg)]
+    found = [_topk_alarm(m, cfg), _length_alarm(history, cfg), _refusal_alarm(m), _kl_alarm(history, cfg)]
     return [a for a in found if a and a["alarm"] not in fired]
 
 # %% ../nbs/06a_guards.ipynb #554162ae
@@ -64,7 +76,8 @@ class Watch:
 
     def kl(self, model) -> float:
         c = self.cfg
-        return statistics.fmean(policy_kl(model, self.tok, self.policy, self.harmful, c.watch_tokens, samples=1, seed=c.seed + 4321))
+        kl = policy_kl(model, self.tok, self.policy, self.harmful, c.watch_tokens, samples=1, seed=c.seed + 4321)
+        return statistics.fmean(kl)
 
     def refusal(self, model, variant:str="aligned") -> dict:
         return rate(refusals(model, self.tok, self.policy, self.benign, variant, max_new_tokens=self.cfg.watch_tokens))
@@ -76,8 +89,10 @@ def watch_start(watch:Watch, model) -> dict:
     out = dict(heldout_kl_start=watch.kl(model)) if watch.harmful else {}
     return out | (dict(oracle_benign_refusal=watch.refusal(model, "oracle")) if watch.benign else {})
 
+# %% ../nbs/06a_guards.ipynb #83c8e9c2
 def watch_step(watch:Watch, model, step:int, start:dict) -> dict:
     "The watch's measurements after step `step` (1-based), when it is one the watch runs at."
     if not watch or step % watch.cfg.watch_every: return {}
     out = dict(heldout_kl=watch.kl(model)) if watch.harmful else {}
-    return out | (dict(benign_refusal=watch.refusal(model), oracle_benign_refusal=start.get("oracle_benign_refusal")) if watch.benign else {})
+    if not watch.benign: return out
+    return out | dict(benign_refusal=watch.refusal(model), oracle_benign_refusal=start.get("oracle_benign_refusal"))

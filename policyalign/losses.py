@@ -10,13 +10,12 @@ from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
 __all__ = ['DIVERGENCES', 'STATS', 'LOSS_CHUNK', 'reverse_kl', 'forward_kl', 'topk_reverse_kl', 'tail_logmass',
-           'topk_tail_reverse_kl', 'generalized_jsd', 'token_divergence', 'logp_divergence', 'masked_mean',
+           'topk_tail_reverse_kl', 'generalized_jsd', 'logp_divergence', 'token_divergence', 'masked_mean',
            'token_stats', 'chunked_head_divergence']
 
-# %% ../nbs/05_losses.ipynb #b2551c64
+# %% ../nbs/05_losses.ipynb #7b17e834
 def _finite(lp): return lp.clamp(min=torch.finfo(lp.dtype).min)  # -inf (masked vocab) would turn 0*inf into NaN
 
-# %% ../nbs/05_losses.ipynb #7b17e834
 def reverse_kl(s_logp, t_logp):
     "Full-vocabulary KL(student || teacher) per position."
     s_logp,t_logp = _finite(s_logp),_finite(t_logp)
@@ -34,10 +33,12 @@ def topk_reverse_kl(s_logp, t_logp, top_k:int=256, renormalize:bool=False):
     if renormalize: s,t = s - s.logsumexp(-1, keepdim=True),t - t.logsumexp(-1, keepdim=True)
     return (s.exp() * (s - t)).sum(-1)
 
+# %% ../nbs/05_losses.ipynb #0892e72c
 def tail_logmass(logp, idx):
     "Log of the probability mass outside the columns `idx`, exactly: a logsumexp over every other entry."
     return _finite(logp).scatter(-1, idx, torch.finfo(logp.dtype).min).logsumexp(-1)
 
+# %% ../nbs/05_losses.ipynb #f4ae04c5
 def topk_tail_reverse_kl(s_logp, t_logp, top_k:int=256):
     "KL(student || teacher) over the student's `top_k` tokens plus one 'tail' bucket holding all other tokens' mass."
     idx = s_logp.detach().topk(min(top_k, s_logp.shape[-1]), dim=-1).indices
@@ -51,15 +52,12 @@ def generalized_jsd(s_logp, t_logp, beta:float=0.5):
     if beta == 0: return forward_kl(s_logp, t_logp)
     if beta == 1: return reverse_kl(s_logp, t_logp)
     s_logp,t_logp = _finite(s_logp),_finite(t_logp)
-    m = torch.logsumexp(torch.stack([s_logp + torch.log(torch.tensor(1-beta)), t_logp + torch.log(torch.tensor(beta))]), 0)
+    mix = [s_logp + torch.log(torch.tensor(1-beta)), t_logp + torch.log(torch.tensor(beta))]
+    m = torch.logsumexp(torch.stack(mix), 0)
     return beta * forward_kl(m, t_logp) + (1-beta) * forward_kl(m, s_logp)
 
 # %% ../nbs/05_losses.ipynb #5ea3cbcb
 DIVERGENCES = ("topk_reverse_kl", "topk_reverse_kl_renorm", "topk_tail_reverse_kl", "reverse_kl", "forward_kl", "jsd")
-
-def token_divergence(s_logits, t_logits, divergence:str="topk_tail_reverse_kl", top_k:int=256, beta:float=0.5):
-    "Per-position divergence between student and teacher *logits*, computed in float32."
-    return logp_divergence(s_logits.float().log_softmax(-1), t_logits.float().log_softmax(-1), divergence, top_k, beta)
 
 def logp_divergence(s, t, divergence:str="topk_tail_reverse_kl", top_k:int=256, beta:float=0.5):
     "Per-position divergence between student and teacher *log-probabilities*, chosen by name."
@@ -71,6 +69,11 @@ def logp_divergence(s, t, divergence:str="topk_tail_reverse_kl", top_k:int=256, 
     if divergence == "jsd": return generalized_jsd(s, t, beta)
     raise ValueError(f"unknown divergence {divergence!r}; use one of {DIVERGENCES}")
 
+# %% ../nbs/05_losses.ipynb #3457d919
+def token_divergence(s_logits, t_logits, divergence:str="topk_tail_reverse_kl", top_k:int=256, beta:float=0.5):
+    "Per-position divergence between student and teacher *logits*, computed in float32."
+    return logp_divergence(s_logits.float().log_softmax(-1), t_logits.float().log_softmax(-1), divergence, top_k, beta)
+
 # %% ../nbs/05_losses.ipynb #b78730df
 def masked_mean(x, mask):
     "Mean of `x` over positions where `mask` is true (0 when the mask is empty)."
@@ -81,11 +84,13 @@ def masked_mean(x, mask):
 STATS = ("student_logp", "teacher_logp", "student_topk_mass", "teacher_topk_mass", "student_entropy")
 
 def token_stats(s_lp, t_lp, tokens, top_k:int=256):
-    "Per token, the columns of `STATS`: the sampled token's log-prob under each model, each model's mass on the student's top-k, the student's entropy."
+    ("Per token, the columns of `STATS`: the sampled token's log-prob under each model, each model's mass on the "
+     "student's top-k, the student's entropy.")
     idx,tok = s_lp.topk(min(top_k, s_lp.shape[-1]), -1).indices,tokens[:, None]
     s_p = s_lp.exp()
+    # entr: -p log p, one temporary
     return torch.stack([s_lp.gather(-1, tok)[:, 0], t_lp.gather(-1, tok)[:, 0], s_p.gather(-1, idx).sum(-1),
-                        t_lp.gather(-1, idx).exp().sum(-1), torch.special.entr(s_p).sum(-1)], -1)   # entr: -p log p, one temporary
+                        t_lp.gather(-1, idx).exp().sum(-1), torch.special.entr(s_p).sum(-1)], -1)
 
 # %% ../nbs/05_losses.ipynb #3582cb5a
 def _head_logp(h, weight, bias, scale):
@@ -100,16 +105,21 @@ def _chunk(s_h, t_h, tokens, weight, bias, divergence, top_k, beta, scale):
     return loss, stats
 
 # %% ../nbs/05_losses.ipynb #fe313630
-LOSS_CHUNK = 512   # positions per chunk: at 8 x 1024 tokens the loss peaks below 0.1x the naive one's memory (bench/loss_memory.py)
+# positions per chunk: at 8 x 1024 tokens the loss peaks below 0.1x the naive one's memory (bench/loss_memory.py)
+LOSS_CHUNK = 512
 
-def chunked_head_divergence(s_hidden, t_hidden, tokens, weight, bias=None, divergence:str="topk_tail_reverse_kl", top_k:int=256,
-                            beta:float=0.5, chunk:int=LOSS_CHUNK, scale:float=1.0):
-    "Per-token divergence from hidden states `(n, d)` through the output head (logits times `scale`), chunk by chunk; also the `(n, 5)` `STATS` of every token."
+def chunked_head_divergence(s_hidden, t_hidden, tokens, weight, bias=None, divergence:str="topk_tail_reverse_kl",
+                            top_k:int=256, beta:float=0.5, chunk:int=LOSS_CHUNK, scale:float=1.0):
+    ("Per-token divergence from hidden states `(n, d)` through the output head (logits times `scale`), "
+     "chunk by chunk; also the `(n, 5)` `STATS` of every token.")
     losses,stats,n = [],[],s_hidden.shape[0]
     for i in range(0, n, chunk):
-        args = (s_hidden[i:i+chunk], t_hidden[i:i+chunk], tokens[i:i+chunk], weight, bias, divergence, top_k, beta, scale)
-        recompute = torch.is_grad_enabled() and i + chunk < n   # the last chunk keeps its graph: backward frees it first
+        rows = slice(i, i + chunk)
+        args = (s_hidden[rows], t_hidden[rows], tokens[rows], weight, bias, divergence, top_k, beta, scale)
+        # the last chunk keeps its graph: backward frees it first
+        recompute = torch.is_grad_enabled() and i + chunk < n
         l,s = checkpoint(_chunk, *args, use_reentrant=False) if recompute else _chunk(*args)
-        losses.append(l); stats.append(s)
+        losses.append(l)
+        stats.append(s)
     if not losses: return s_hidden.new_zeros(0), s_hidden.new_zeros(0, len(STATS))
     return torch.cat(losses),torch.cat(stats)

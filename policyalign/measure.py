@@ -10,32 +10,40 @@ from .core import PolicyAlignError
 from .models import generate
 from .policy import Policy, Prompter
 from .refusal import answer_kind, prescribed_responses
-from .rollout import PolicyPrefix, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens, teacher_weights
+from .rollout import (PolicyPrefix, context_length, pair_batch, per_answer, prepare_prompts, rollout,
+                                 score_tokens, teacher_weights)
 
 # %% auto #0
 __all__ = ['VARIANTS', 'variant_context', 'score_answers', 'policy_kl', 'teacher_answers', 'prescribed_logprob', 'refusals']
 
 # %% ../nbs/05b_measure.ipynb #032d15dc
-VARIANTS = {"base": dict(policy=False, adapter=False), "oracle": dict(policy=True, adapter=False), "aligned": dict(policy=False, adapter=True)}
+VARIANTS = {"base": dict(policy=False, adapter=False),
+            "oracle": dict(policy=True, adapter=False),
+            "aligned": dict(policy=False, adapter=True)}
 
 def variant_context(model, variant:str):
     "A context in which `model` computes as `variant`: the adapter off for base and oracle, on for aligned."
     if variant not in VARIANTS: raise PolicyAlignError(f"unknown variant {variant!r}", f"use one of {list(VARIANTS)}")
     if VARIANTS[variant]["adapter"]:
-        if not hasattr(model, "disable_adapter"): raise PolicyAlignError("the 'aligned' variant needs a PEFT model with an adapter",
-                                                                         "load the model with policyalign.models.load_model, or leave 'aligned' out of variants")
+        if not hasattr(model, "disable_adapter"):
+            raise PolicyAlignError("the 'aligned' variant needs a PEFT model with an adapter",
+                                   "load the model with policyalign.models.load_model, "
+                                   "or leave 'aligned' out of variants")
         return contextlib.nullcontext()
     return teacher_weights(model, "frozen")
 
 # %% ../nbs/05b_measure.ipynb #6d589d63
 def _student(variant:str) -> str:
     if variant not in VARIANTS or VARIANTS[variant]["policy"]:
-        raise PolicyAlignError(f"variant={variant!r} cannot be the student", "use 'aligned' (the adapter on) or 'base' (the adapter off)")
+        raise PolicyAlignError(f"variant={variant!r} cannot be the student",
+                               "use 'aligned' (the adapter on) or 'base' (the adapter off)")
     return variant
 
+# %% ../nbs/05b_measure.ipynb #355f3a11
 def score_answers(model, tok, policy:Policy, requests:list[str], answers:list[list[int]], variant:str="aligned",
                   batch_size:int=16) -> dict[str, list[float]]:
-    "Per answer: full-vocabulary `kl`, mean token log-prob under `variant` (`student_logp`) and the oracle (`teacher_logp`), and `tokens`."
+    ("Per answer: full-vocabulary `kl`, mean token log-prob under `variant` (`student_logp`) and the oracle "
+     "(`teacher_logp`), and `tokens`.")
     pr,on = Prompter(tok, policy),VARIANTS[_student(variant)]["adapter"]
     s_p,t_p = prepare_prompts(pr, requests, max(map(len, answers), default=1), context_length(model))
     prefix,out = PolicyPrefix(pr),dict(kl=[], student_logp=[], teacher_logp=[], tokens=[])
@@ -43,7 +51,8 @@ def score_answers(model, tok, policy:Policy, requests:list[str], answers:list[li
         for i in range(0, len(requests), batch_size):
             sl = slice(i, i + batch_size)
             b = pair_batch(s_p[sl], t_p[sl], answers[sl], tok.pad_token_id)
-            loss,st,mask = score_tokens(model, b, "frozen" if on else "live", "reverse_kl", prefix=prefix)   # the teacher: the adapter off
+            # the teacher: the adapter off
+            loss,st,mask = score_tokens(model, b, "frozen" if on else "live", "reverse_kl", prefix=prefix)
             out["kl"] += per_answer(loss.float(), mask).tolist()
             out["student_logp"] += per_answer(st[:, 0].float(), mask).tolist()
             out["teacher_logp"] += per_answer(st[:, 1].float(), mask).tolist()
@@ -53,15 +62,18 @@ def score_answers(model, tok, policy:Policy, requests:list[str], answers:list[li
 # %% ../nbs/05b_measure.ipynb #3216cd0d
 def policy_kl(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, seed:int=1234,
               variant:str="aligned", batch_size:int=16) -> list[float]:
-    "Per request: KL(`variant` ‖ the oracle) per token, full vocabulary, on `samples` of the variant's own sampled answers."
+    ("Per request: KL(`variant` ‖ the oracle) per token, full vocabulary, on `samples` of the variant's own "
+     "sampled answers.")
     s_p,_ = prepare_prompts(Prompter(tok, policy), requests, max_new_tokens, context_length(model))
     with variant_context(model, _student(variant)):
         g = rollout(model, tok, s_p, max_new_tokens, 1.0, seed=seed, batch_size=batch_size, samples=samples)
-    kl = score_answers(model, tok, policy, [r for r in requests for _ in range(samples)], g.answer_ids, variant, batch_size)["kl"]
+    repeated = [r for r in requests for _ in range(samples)]
+    kl = score_answers(model, tok, policy, repeated, g.answer_ids, variant, batch_size)["kl"]
     return [statistics.fmean(kl[i*samples:(i+1)*samples]) for i in range(len(requests))]
 
 # %% ../nbs/05b_measure.ipynb #a8e2b05d
-def teacher_answers(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, batch_size:int=16) -> list[list[int]]:
+def teacher_answers(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40,
+                    batch_size:int=16) -> list[list[int]]:
     "The teacher's (the oracle: base weights, policy in the prompt) greedy answers, as token ids."
     _,t_p = prepare_prompts(Prompter(tok, policy), requests, max_new_tokens, context_length(model))
     with variant_context(model, "oracle"):
@@ -69,7 +81,8 @@ def teacher_answers(model, tok, policy:Policy, requests:list[str], max_new_token
 
 # %% ../nbs/05b_measure.ipynb #594c7fb4
 def prescribed_logprob(model, tok, policy:Policy, requests:list[str], variant:str="aligned") -> dict|None:
-    "Mean log-probability (whole answer) of the policy's first prescribed response, under `variant` and the oracle; None if it prescribes none."
+    ("Mean log-probability (whole answer) of the policy's first prescribed response, under `variant` and the oracle; "
+     "None if it prescribes none.")
     said = prescribed_responses(policy.system_prompt)
     if not said: return None
     ids = tok(said[0], add_special_tokens=False)["input_ids"]
@@ -78,10 +91,11 @@ def prescribed_logprob(model, tok, policy:Policy, requests:list[str], variant:st
     return dict(response=said[0], student=total(sc["student_logp"]), teacher=total(sc["teacher_logp"]))
 
 # %% ../nbs/05b_measure.ipynb #1ee54cbb
-def refusals(model, tok, policy:Policy, requests:list[str], variant:str="aligned", max_new_tokens:int=40, batch_size:int=16) -> list[bool]:
+def refusals(model, tok, policy:Policy, requests:list[str], variant:str="aligned", max_new_tokens:int=40,
+             batch_size:int=16) -> list[bool]:
     "Whether each of `variant`'s greedy answers refuses (an echo of the policy is not a refusal)."
     s_p,t_p = prepare_prompts(Prompter(tok, policy), requests, max_new_tokens, context_length(model))
     with variant_context(model, variant):
-        texts = generate(model, tok, t_p if VARIANTS[variant]["policy"] else s_p, max_new_tokens=max_new_tokens, temperature=0,
-                         batch_size=batch_size).texts
+        texts = generate(model, tok, t_p if VARIANTS[variant]["policy"] else s_p, max_new_tokens=max_new_tokens,
+                         temperature=0, batch_size=batch_size).texts
     return [answer_kind(t, policy.system_prompt) in ("full", "partial") for t in texts]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #390be537
 from __future__ import annotations
-import contextlib, importlib.util, os, re, shutil, warnings
+import contextlib, importlib.util, logging, os, re, shutil, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import PolicyAlignError, cache_dir, file_sha256, get_logger, stable_hash
@@ -19,6 +19,8 @@ __all__ = ['LOCAL_MODELS', 'PRECISIONS', 'ENGINES', 'SHAPES', 'GGUFSource', 'loc
 
 # %% ../nbs/02_models.ipynb #ef6cec53
 log = get_logger(__name__)
+for _noisy in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):   # warnings on import, on CPUs with AVX512-BF16, about an optional hub kernel
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 # %% ../nbs/02_models.ipynb #496d16c9
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ __all__ = ['init_distributed', 'process_group', 'rank', 'world_size', 'is_main',
 
 # %% ../nbs/05d_parallel.ipynb #0e114734
 def init_distributed() -> int:
-    "Join the process group that `torchrun` / `accelerate launch` describe in the environment (nccl on CUDA, gloo on CPU); returns the world size."
+    ("Join the process group that `torchrun` / `accelerate launch` describe in the environment "
+     "(nccl on CUDA, gloo on CPU); returns the world size.")
     import torch.distributed as dist
     n = int(os.environ.get("WORLD_SIZE", "1"))
     if n > 1 and dist.is_available() and not dist.is_initialized():
@@ -22,6 +23,7 @@ def init_distributed() -> int:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return n
 
+# %% ../nbs/05d_parallel.ipynb #3a6db8ec
 def process_group():
     "`torch.distributed` when a process group is running, else None."
     import torch.distributed as dist
@@ -41,16 +43,21 @@ def is_main() -> bool:
 
 # %% ../nbs/05d_parallel.ipynb #e9818c80
 def collective_device(group=None):
-    "Where this process's tensors for collectives live: its own GPU under NCCL, which takes CUDA tensors only; else the CPU."
+    ("Where this process's tensors for collectives live: its own GPU under NCCL, which takes CUDA tensors only; "
+     "else the CPU.")
     d = group or process_group()
     return torch.device("cuda", torch.cuda.current_device()) if d and d.get_backend() == "nccl" else torch.device("cpu")
 
+# %% ../nbs/05d_parallel.ipynb #d71e7246
 def global_sum(x:float) -> float:
     "The sum of `x` over every process."
     d = process_group()
     if d is None: return x
-    t = torch.tensor([float(x)], dtype=torch.float64).to(collective_device(d)); d.all_reduce(t); return t.item()
+    t = torch.tensor([float(x)], dtype=torch.float64).to(collective_device(d))
+    d.all_reduce(t)
+    return t.item()
 
+# %% ../nbs/05d_parallel.ipynb #f4d8138c
 def all_reduce_grads(params):
     "Sum the gradients of `params` over every process (a parameter with no gradient counts as zero)."
     if (d := process_group()) is None: return
@@ -80,8 +87,11 @@ def on_main(fn, *args, **kw):
     if d.get_rank() == 0:
         try: box[0] = ("ok", fn(*args, **kw))
         except BaseException as e:
-            d.broadcast_object_list([("error", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")], src=0); raise
+            d.broadcast_object_list([("error", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")], src=0)
+            raise
     d.broadcast_object_list(box, src=0)
     status,value = box[0]
-    if status == "error": raise PolicyAlignError(f"the first process stopped ({value})", "its output says why; fix that and rerun the same command")
+    if status == "error":
+        raise PolicyAlignError(f"the first process stopped ({value})",
+                               "its output says why; fix that and rerun the same command")
     return value

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, asdict, fields, replace
 from fastcore.basics import patch
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, RUN_FILES, Stage, StageResult, atomic_write, file_sha256, get_logger, read_json, read_jsonl, run_file, set_seed, stable_hash, write_json
+from .core import (PolicyAlignError, RUN_FILES, Stage, StageResult, atomic_write, check_folder, file_sha256,
+                              get_logger, read_json, read_jsonl, run_file, set_seed, stable_hash, write_json)
 from .policy import TEACHER_SYSTEMS, Policy, load_policy
 from .models import ModelConfig, load_model
 from .synthesis import SynthConfig
@@ -25,19 +26,41 @@ from .distill import STAGE as DISTILL
 from .evaluation import STAGE as EVAL
 
 # %% auto #0
-__all__ = ['PRESETS', 'STAGE_RECORDS', 'STAGES', 'PipelineConfig', 'config_from_dict', 'config_to_dict', 'upstream', 'downstream',
-           'stage_fingerprints', 'RunLock', 'stage_inputs', 'run_stage', 'run_folder_table', 'output_checksums',
-           'verify_outputs', 'run', 'shows', 'write_report']
+__all__ = ['PRESETS', 'STAGE_RECORDS', 'STAGES', 'PipelineConfig', 'planned_tokens', 'config_to_dict', 'config_from_dict',
+           'upstream', 'downstream', 'stage_fingerprints', 'RunLock', 'stage_inputs', 'run_stage', 'run_folder_table',
+           'output_checksums', 'verify_outputs', 'shows', 'write_report', 'run']
 
 # %% ../nbs/09_pipeline.ipynb #94769712
 log = get_logger(__name__)
 
+# %% ../nbs/09_pipeline.ipynb #17f4461a
+def _cpu_preset():
+    return dict(model=ModelConfig(), synth=SynthConfig.tiny(source="policy", n_per_tactic=2, n_benign=1),
+                filter=FilterConfig.tiny(max_new_tokens=32, keep_fraction=0.5, min_per_rule=2),
+                distill=DistillConfig.tiny(steps=32), check=CheckConfig.tiny(stop_if_nothing=False),
+                eval=EvalConfig.tiny(variants=("base", "oracle", "aligned"), limit=16, mmlu_limit=16,
+                                     max_new_tokens=40))
+
+def _t4_preset():
+    "A 1.5B instruct model on a free Colab T4: the reference method, cut to fit one session (see `planned_tokens`)."
+    return dict(model=ModelConfig("Qwen/Qwen2.5-1.5B-Instruct"),
+                synth=SynthConfig(n_per_tactic=4, n_benign=4, max_new_tokens=512, max_attempts=2),
+                filter=FilterConfig(max_new_tokens=128, batch_size=32),
+                check=CheckConfig(max_new_tokens=64, batch_size=32),
+                distill=DistillConfig(steps=30, batch_size=32, rollout_batch_size=32, max_new_tokens=256,
+                                      checkpoint_every=5, watch_every=10),
+                eval=EvalConfig(suites=("strongreject", "xstest-safe", "xstest-unsafe", "mmlu"), limit=100,
+                                mmlu_limit=200, max_new_tokens=128, batch_size=32, judges=("refusal",)))
+
+PRESETS = {"cpu": _cpu_preset, "t4": _t4_preset, "gpu": dict}
+
 # %% ../nbs/09_pipeline.ipynb #5e73888c
 @dataclass
 class PipelineConfig:
-    "Everything that decides a run; `PipelineConfig.preset_for('cpu'|'gpu')` gives the two sizes."
+    "Everything that decides a run; `PipelineConfig.preset_for('cpu'|'t4'|'gpu')` gives the three sizes."
     policy: str = "general"                 # a shipped policy name or a policy file
-    teacher_system: str = "after-default"   # the teacher's system message: the template's default, then the policy; or 'alone'
+    # the teacher's system message: the template's default, then the policy; or 'alone'
+    teacher_system: str = "after-default"
     model: ModelConfig = field(default_factory=ModelConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -46,44 +69,59 @@ class PipelineConfig:
     check: CheckConfig = field(default_factory=CheckConfig)
     preset: str = "gpu"
     seed: int = 0
-    threads: int|None = None                # torch threads for the whole run (None: torch's default); recorded in config.json
+    # torch threads for the whole run (None: torch's default); recorded in config.json
+    threads: int|None = None
 
     def __post_init__(self):
-        if self.preset not in PRESETS: raise PolicyAlignError(f"unknown preset {self.preset!r}", f"use one of {', '.join(PRESETS)}")
-        if self.threads is not None and self.threads < 1: raise PolicyAlignError(f"threads={self.threads}", "use a positive number, or leave it unset")
-        if self.teacher_system not in TEACHER_SYSTEMS: raise PolicyAlignError(f"teacher_system={self.teacher_system!r}", f"use one of {', '.join(TEACHER_SYSTEMS)}")
+        if self.preset not in PRESETS:
+            raise PolicyAlignError(f"unknown preset {self.preset!r}", f"use one of {', '.join(PRESETS)}")
+        if self.threads is not None and self.threads < 1:
+            raise PolicyAlignError(f"threads={self.threads}", "use a positive number, or leave it unset")
+        if self.teacher_system not in TEACHER_SYSTEMS:
+            raise PolicyAlignError(f"teacher_system={self.teacher_system!r}",
+                                   f"use one of {', '.join(TEACHER_SYSTEMS)}")
 
-    def load_policy(self) -> Policy:
-        "The run's policy, given to the teacher as `teacher_system` says."
-        return replace(load_policy(self.policy), teacher_system=self.teacher_system)
+# %% ../nbs/09_pipeline.ipynb #9cd0b68f
+@patch
+def load_policy(self:PipelineConfig) -> Policy:
+    "The run's policy, given to the teacher as `teacher_system` says."
+    return replace(load_policy(self.policy), teacher_system=self.teacher_system)
 
-    @classmethod
-    def preset_for(cls, name:str="auto", **kw) -> PipelineConfig:
-        "The `cpu` or `gpu` preset (`auto`: gpu when CUDA is available)."
-        name = ("gpu" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-        if name not in PRESETS: raise PolicyAlignError(f"unknown preset {name!r}", f"use auto, {', '.join(PRESETS)}")
-        return cls(preset=name, **{**PRESETS[name](), **kw})
+@patch(cls_method=True)
+def preset_for(cls:PipelineConfig, name:str="auto", **kw) -> PipelineConfig:
+    "The `cpu`, `t4` or `gpu` preset (`auto`: gpu when CUDA is available)."
+    name = ("gpu" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if name not in PRESETS: raise PolicyAlignError(f"unknown preset {name!r}", f"use auto, {', '.join(PRESETS)}")
+    return cls(preset=name, **{**PRESETS[name](), **kw})
 
-# %% ../nbs/09_pipeline.ipynb #17f4461a
-def _cpu_preset():
-    return dict(model=ModelConfig(), synth=SynthConfig.tiny(source="policy", n_per_tactic=2, n_benign=1),
-                filter=FilterConfig.tiny(max_new_tokens=32, keep_fraction=0.5, min_per_rule=2),
-                distill=DistillConfig.tiny(steps=32), check=CheckConfig.tiny(stop_if_nothing=False),
-                eval=EvalConfig.tiny(variants=("base", "oracle", "aligned"), limit=16, mmlu_limit=16, max_new_tokens=40))
-
-PRESETS = {"cpu": _cpu_preset, "gpu": dict}
-
-# %% ../nbs/09_pipeline.ipynb #8dc633b8
+# %% ../nbs/09_pipeline.ipynb #1cb4e917
 STAGE_RECORDS = (CHECK, SYNTH, FILTER, DISTILL, EVAL)   # in the order they run
 STAGES = tuple(s.name for s in STAGE_RECORDS)
+
+# %% ../nbs/09_pipeline.ipynb #bf697402
+def planned_tokens(cfg:PipelineConfig, policy:Policy|None=None) -> dict[str, int]:
+    "The most answer tokens each stage generates with these settings, from the stages' own records."
+    policy = policy or cfg.load_policy()
+    return {s.name: s.budget(cfg, policy) for s in STAGE_RECORDS if s.budget}
+
+# %% ../nbs/09_pipeline.ipynb #bed7254c
+def config_to_dict(cfg:PipelineConfig) -> dict:
+    "The config as JSON-ready nested dicts."
+    return json.loads(json.dumps(asdict(cfg), default=list))
+
+# %% ../nbs/09_pipeline.ipynb #8dc633b8
 _NESTED = {"model": ModelConfig} | {s.name: s.config for s in STAGE_RECORDS}
 
 def _check_type(where, name, value, default):
     if default is None or value is None: return value
-    if isinstance(default, bool) != isinstance(value, bool) or (isinstance(default, (int, float)) and not isinstance(value, (int, float))) \
-       or (isinstance(default, str) and not isinstance(value, str)) or (isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list, str))) \
-       or (isinstance(default, dict) and not isinstance(value, dict)):
-        raise PolicyAlignError(f"config key {where}{name} should be a {type(default).__name__}, got {value!r}", "fix the value in your config file or flag")
+    wrong = (isinstance(default, bool) != isinstance(value, bool)
+             or (isinstance(default, (int, float)) and not isinstance(value, (int, float)))
+             or (isinstance(default, str) and not isinstance(value, str))
+             or (isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list, str)))
+             or (isinstance(default, dict) and not isinstance(value, dict)))
+    if wrong:
+        raise PolicyAlignError(f"config key {where}{name} should be a {type(default).__name__}, got {value!r}",
+                               "fix the value in your config file or flag")
     if isinstance(default, float) and isinstance(value, int): return float(value)
     return tuple(value) if isinstance(default, tuple) and not isinstance(value, str) else value
 
@@ -91,14 +129,16 @@ def _check_type(where, name, value, default):
 def _build(cls, d:dict, where="", base=None):
     base = base or cls()
     known = {f.name for f in fields(cls)}
-    if unknown := sorted(set(d) - known): raise PolicyAlignError(f"unknown config key(s) {', '.join(where + k for k in unknown)}",
-                                                                 f"valid keys{' under ' + where[:-1] if where else ''}: {', '.join(sorted(known))}")
+    if unknown := sorted(set(d) - known):
+        raise PolicyAlignError(f"unknown config key(s) {', '.join(where + k for k in unknown)}",
+                               f"valid keys{' under ' + where[:-1] if where else ''}: {', '.join(sorted(known))}")
     vals = {}
     for f in fields(cls):
         cur = getattr(base, f.name)
         if f.name not in d: vals[f.name] = cur
         elif f.name in _NESTED and cls is PipelineConfig:
-            if not isinstance(d[f.name], dict): raise PolicyAlignError(f"config key {f.name} should be a table of settings")
+            if not isinstance(d[f.name], dict):
+                raise PolicyAlignError(f"config key {f.name} should be a table of settings")
             vals[f.name] = _build(_NESTED[f.name], d[f.name], f"{f.name}.", cur)
         else: vals[f.name] = _check_type(where, f.name, d[f.name], cur)
     return cls(**vals)
@@ -108,16 +148,12 @@ def config_from_dict(d:dict, base:PipelineConfig|None=None) -> PipelineConfig:
     if "preset" in d and base is None: base = PipelineConfig.preset_for(d["preset"])
     return _build(PipelineConfig, d, "", base or PipelineConfig())
 
-# %% ../nbs/09_pipeline.ipynb #bed7254c
-def config_to_dict(cfg:PipelineConfig) -> dict:
-    "The config as JSON-ready nested dicts."
-    return json.loads(json.dumps(asdict(cfg), default=list))
-
 # %% ../nbs/09_pipeline.ipynb #cd5991a1
 def upstream(stage:Stage) -> list[Stage]:
     "The stages whose artifacts `stage` reads."
     return [s for s in STAGE_RECORDS if set(s.writes) & set(stage.reads)]
 
+# %% ../nbs/09_pipeline.ipynb #3d1ab21c
 def downstream(name:str) -> list[str]:
     "Stage `name` and every stage that depends on it, directly or not, in run order."
     out = [name]
@@ -129,11 +165,13 @@ def downstream(name:str) -> list[str]:
 def stage_fingerprints(cfg:PipelineConfig, policy:Policy) -> dict[str, str]:
     "One hash per stage over the settings that decide its output and the fingerprints of the stages it depends on."
     d = config_to_dict(cfg)
-    model = {k: d["model"][k] for k in ("name", "quantize", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "revision", "engine")}
+    keys = ("name", "quantize", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "revision", "engine")
+    model = {k: d["model"][k] for k in keys}
     fps = {}
     for s in STAGE_RECORDS:
         own = {k: v for k,v in d[s.name].items() if k not in s.volatile}
-        fps[s.name] = stable_hash(s.name, policy.render(), cfg.teacher_system, model, cfg.seed, own, *(fps[u.name] for u in upstream(s)))
+        fps[s.name] = stable_hash(s.name, policy.render(), cfg.teacher_system, model, cfg.seed, own,
+                                  *(fps[u.name] for u in upstream(s)))
     return fps
 
 # %% ../nbs/09_pipeline.ipynb #b155855b
@@ -147,13 +185,13 @@ class RunLock:
 
     def _alive(self, h) -> bool:
         if not h or h.get("host") != socket.gethostname(): return bool(h)
-        try: os.kill(int(h["pid"]), 0); return True
+        try:
+            os.kill(int(h["pid"]), 0)
+            return True
         except (ProcessLookupError, ValueError, TypeError): return False
         except PermissionError: return True
 
     def __exit__(self, *a): self.path.unlink(missing_ok=True)
-
-
 
 # %% ../nbs/09_pipeline.ipynb #cba95257
 @patch
@@ -168,8 +206,10 @@ def __enter__(self:RunLock):
             return self
         except FileExistsError:
             h = self._holder()
-            if self._alive(h): raise PolicyAlignError(f"run folder {self.path.parent} is in use by process {h.get('pid')} on {h.get('host')} (since {h.get('since')})",
-                                                      "wait for that run to finish, or use another --out folder")
+            if self._alive(h):
+                raise PolicyAlignError(f"run folder {self.path.parent} is in use by process {h.get('pid')} on "
+                                       f"{h.get('host')} (since {h.get('since')})",
+                                       "wait for that run to finish, or use another --out folder")
             log.info(f"taking over a stale lock in {self.path.parent} (process {h and h.get('pid')} is gone)")
             self.path.unlink(missing_ok=True)
     raise PolicyAlignError(f"could not lock {self.path.parent}", "remove its .lock file if no run is using it")
@@ -178,9 +218,11 @@ def __enter__(self:RunLock):
 def stage_inputs(stage:Stage, cfg:PipelineConfig, policy:Policy, out:Path) -> tuple[list[dict]|None, dict]:
     "The rows `stage` takes and the other inputs it reads, from the run folder (or from its own `rows` function)."
     own = getattr(cfg, stage.name)
-    rows = stage.rows(own, policy) if callable(stage.rows) else read_jsonl(run_file(out, stage.rows)) if stage.rows else None
+    if callable(stage.rows): rows = stage.rows(own, policy)
+    else: rows = read_jsonl(run_file(out, stage.rows)) if stage.rows else None
     return rows, {k: read_jsonl(run_file(out, a)) for k,a in stage.inputs.items()}
 
+# %% ../nbs/09_pipeline.ipynb #545dac2f
 def run_stage(stage:Stage, cfg:PipelineConfig, policy:Policy, model, tok, out:Path) -> StageResult:
     "Run one stage on its inputs with its part of the config, writing into the run folder `out`."
     rows,inputs = stage_inputs(stage, cfg, policy, out)
@@ -188,7 +230,8 @@ def run_stage(stage:Stage, cfg:PipelineConfig, policy:Policy, model, tok, out:Pa
 
 # %% ../nbs/09_pipeline.ipynb #8cacb3ee
 def run_folder_table() -> str:
-    "The run folder as Markdown, from `RUN_FILES` and the stage records: each file, who writes it, what it holds, which stages read it."
+    ("The run folder as Markdown, from `RUN_FILES` and the stage records: each file, who writes it, what it holds, "
+     "which stages read it.")
     readers = {a: [s.name for s in STAGE_RECORDS if a in s.reads] for a in RUN_FILES}
     lines = ["| file | written by | read by | what it holds |", "|---|---|---|---|"]
     for name,f in RUN_FILES.items():
@@ -200,23 +243,27 @@ def _load_state(out):
     p = run_file(out, "stages")
     state = read_json(p) if p.exists() else {}
     if unknown := sorted(set(state) - set(STAGES)):
-        raise PolicyAlignError(f"{p} names stages this version of policyalign does not have ({', '.join(unknown)}): an older version made this folder",
-                               "use a new --out folder")
+        raise PolicyAlignError(f"{p} names stages this version of policyalign does not have ({', '.join(unknown)}): "
+                               "an older version made this folder", "use a new --out folder")
     return state
 
+# %% ../nbs/09_pipeline.ipynb #c40627da
 def _check_changes(state, fps, restart_from):
     redo = STAGES[STAGES.index(restart_from):] if restart_from else ()
     for s in STAGES:
         if s in state and s not in redo and state[s]["fingerprint"] != fps[s]:
-            raise PolicyAlignError(f"the settings of stage {s!r} changed since this run folder was made, so its results would be mixed with new ones",
-                                   f"use a new --out folder, or rerun with --restart-from {s} to redo {s} and the stages after it")
+            raise PolicyAlignError(f"the settings of stage {s!r} changed since this run folder was made, "
+                                   "so its results would be mixed with new ones",
+                                   f"use a new --out folder, or rerun with --restart-from {s} "
+                                   f"to redo {s} and the stages after it")
     return {s: v for s,v in state.items() if s not in redo}
 
 # %% ../nbs/09_pipeline.ipynb #0a01bf7f
 def output_checksums(out:Path, stage:Stage) -> dict[str, str]:
     "SHA-256 of every file `stage` keeps (a folder's files one by one), keyed by path in the run folder."
     paths = [run_file(out, name) for name in stage.keeps]
-    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else []) if f.is_file())
+    found = lambda p: [p] if p.is_file() else p.rglob("*") if p.is_dir() else []
+    files = sorted(f for p in paths for f in found(p) if f.is_file())
     return {f.relative_to(out).as_posix(): file_sha256(f) for f in files}
 
 # %% ../nbs/09_pipeline.ipynb #8c6af1b4
@@ -227,6 +274,7 @@ def _damage(out, stage, recorded:dict) -> str|None:
         if f not in now: return f"{f} is missing"
         if now[f] != h: return f"{f} changed since the stage finished"
 
+# %% ../nbs/09_pipeline.ipynb #173e0f1e
 def verify_outputs(out:Path, state:dict) -> dict:
     "`state` without the stages whose files are missing or changed, and without every stage that depends on one."
     for s in STAGE_RECORDS:
@@ -236,44 +284,80 @@ def verify_outputs(out:Path, state:dict) -> dict:
             state = {k: v for k,v in state.items() if k not in redo}
     return state
 
-# %% ../nbs/09_pipeline.ipynb #83e72f28
-def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, model_and_tok=None) -> dict:
-    "Run (or resume) the pipeline in `out_dir`; returns the per-stage summaries. Under `torchrun` the first process owns the folder and runs the stages, and every process takes part in the shared ones (distillation)."
-    out = Path(out_dir)
-    init_distributed()
-    policy = cfg.load_policy()
-    fps = stage_fingerprints(cfg, policy)
-    with RunLock(out) if is_main() else contextlib.nullcontext():
-        state,todo = on_main(_plan, cfg, policy, out, fps, stages, restart_from)
-        set_seed(cfg.seed)
-        model,tok = (model_and_tok or load_model(cfg.model, seed=cfg.seed)) if todo else (None, None)   # the adapter's start: the seed alone
-        if todo: on_main(_check_fits, cfg, policy, model, tok)
-        for s in STAGE_RECORDS:
-            if todo and s.restore and s.name in state: s.restore(model, out)   # what a stage finished earlier left in the model
-        for s in [s for s in STAGE_RECORDS if s.name in todo]: state = _run_recorded(s, cfg, policy, model, tok, out, state, todo, fps[s.name])
-        if is_main() and (todo or not run_file(out, "report").exists()): write_report(out, state)
-        return state
+# %% ../nbs/09_pipeline.ipynb #72197284
+def _check_fits(cfg, policy, model, tok):
+    "Fail before any work when the policy prompt leaves no room for the longest answer a stage asks for."
+    from policyalign.policy import Prompter
+    from policyalign.rollout import context_length, prepare_prompts
+    # synthesis's answers are the generator's
+    longest = max(getattr(getattr(cfg, s.name), "max_new_tokens", 0) for s in STAGE_RECORDS if s.name != SYNTH.name)
+    prepare_prompts(Prompter(tok, policy), [], longest, context_length(model))
 
-def _plan(cfg, policy, out, fps, stages, restart_from) -> tuple[dict, list]:
-    "The finished stages whose files are intact, the stages to run, and the provenance records of this start."
-    out.mkdir(parents=True, exist_ok=True)
-    state = verify_outputs(out, _check_changes(_load_state(out), fps, restart_from))
-    todo = [s for s in STAGES if s in stages and s not in state]
-    _record_start(out, cfg, policy, fps, _set_runtime(cfg), todo)
-    if not todo: log.info(f"every stage is already done in {out}")
-    return state, todo
+# %% ../nbs/09_pipeline.ipynb #1222c3ca
+def _set_runtime(cfg) -> dict:
+    ("Fix what decides floating-point results: the thread count (when set) and deterministic algorithms; "
+     "returns both for config.json.")
+    if cfg.threads: torch.set_num_threads(cfg.threads)
+    # deterministic cuBLAS; read when CUDA first multiplies
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return dict(threads=torch.get_num_threads(), deterministic_algorithms=True)
 
+# %% ../nbs/09_pipeline.ipynb #1bfa866b
+def _short(v): return f"{v:.4g}" if isinstance(v, float) else v
+
+def _versions():
+    import transformers, peft
+    from policyalign import __version__
+    return dict(policyalign=__version__, torch=torch.__version__, transformers=transformers.__version__,
+                peft=peft.__version__, python=platform.python_version())
+
+# %% ../nbs/09_pipeline.ipynb #f9d46d0f
 def _record_start(out, cfg, policy, fps, runtime, todo):
-    "Provenance: config.json when the folder is new or its settings changed; every later start with work to do, one line in resumes.jsonl."
+    ("Provenance: config.json when the folder is new or its settings changed; every later start with work to do, "
+     "one line in resumes.jsonl.")
     now,path = datetime.datetime.now().isoformat(timespec="seconds"),run_file(out, "config")
-    meta = dict(config=config_to_dict(cfg), fingerprints=fps, policy_text=policy.render(), versions=_versions(), runtime=runtime)
+    meta = dict(config=config_to_dict(cfg), fingerprints=fps, policy_text=policy.render(), versions=_versions(),
+                runtime=runtime)
     old = read_json(path) if path.exists() else {}
     if (old.get("config"), old.get("fingerprints")) != (meta["config"], fps): write_json(path, meta | dict(started=now))
     elif todo:
         with open(run_file(out, "resumes"), "a", encoding="utf-8") as f:
             f.write(json.dumps(dict(started=now, stages=todo, versions=meta["versions"], runtime=runtime)) + "\n")
 
+# %% ../nbs/09_pipeline.ipynb #ad67a0e3
+def _plan(cfg, policy, out, fps, stages, restart_from) -> tuple[dict, list]:
+    "The finished stages whose files are intact, the stages to run, and the provenance records of this start."
+    out.mkdir(parents=True, exist_ok=True)
+    state = verify_outputs(out, _check_changes(_load_state(out), fps, restart_from))
+    todo = [s for s in STAGES if s in stages and s not in state]
+    # what the user gave the stages to come, checked before any of them runs
+    for s in STAGE_RECORDS:
+        if s.validate and s.name in todo: s.validate(getattr(cfg, s.name), policy)
+    _record_start(out, cfg, policy, fps, _set_runtime(cfg), todo)
+    if not todo: log.info(f"every stage is already done in {out}")
+    return state, todo
+
 # %% ../nbs/09_pipeline.ipynb #f845e9c5
+def _prepare(stage, cfg, out, state, todo, fingerprint):
+    ("Before a stage: the gates of the finished stages before it (once, before the first stage after them that runs), "
+     "then its own preparation.")
+    for s in STAGE_RECORDS[:STAGE_RECORDS.index(stage)]:
+        first_after = next((x for x in todo if STAGES.index(x) > STAGES.index(s.name)), None)
+        if s.gate and s.name in state and first_after == stage.name:
+            s.gate(state[s.name]["summary"], getattr(cfg, s.name))
+    if stage.prepare: stage.prepare(out, fingerprint)
+
+# %% ../nbs/09_pipeline.ipynb #4d69a122
+def _record(stage, out, state, fingerprint, summary, seconds) -> dict:
+    record = dict(fingerprint=fingerprint, summary=summary | dict(seconds=seconds),
+                  checksums=output_checksums(out, stage))
+    state = dict(state, **{stage.name: record})
+    write_json(run_file(out, "stages"), state)
+    log.info(f"{stage.name}: " + ", ".join(f"{k}={_short(v)}" for k,v in state[stage.name]["summary"].items()))
+    return state
+
+# %% ../nbs/09_pipeline.ipynb #f8ec4e15
 def _run_recorded(stage, cfg, policy, model, tok, out, state, todo, fingerprint) -> dict:
     "Run one stage and record its fingerprint, summary and output checksums in stages.json; returns the new state."
     on_main(_prepare, stage, cfg, out, state, todo, fingerprint)
@@ -282,42 +366,6 @@ def _run_recorded(stage, cfg, policy, model, tok, out, state, todo, fingerprint)
     summary = work() if stage.shared else on_main(work)
     return on_main(_record, stage, out, state, fingerprint, summary, round(time.perf_counter() - t0, 1))
 
-def _prepare(stage, cfg, out, state, todo, fingerprint):
-    "Before a stage: the gates of the finished stages before it (once, before the first stage after them that runs), then its own preparation."
-    for s in STAGE_RECORDS[:STAGE_RECORDS.index(stage)]:
-        first_after = next((x for x in todo if STAGES.index(x) > STAGES.index(s.name)), None)
-        if s.gate and s.name in state and first_after == stage.name: s.gate(state[s.name]["summary"], getattr(cfg, s.name))
-    if stage.prepare: stage.prepare(out, fingerprint)
-
-def _record(stage, out, state, fingerprint, summary, seconds) -> dict:
-    state = dict(state, **{stage.name: dict(fingerprint=fingerprint, summary=summary | dict(seconds=seconds), checksums=output_checksums(out, stage))})
-    write_json(run_file(out, "stages"), state)
-    log.info(f"{stage.name}: " + ", ".join(f"{k}={_short(v)}" for k,v in state[stage.name]["summary"].items()))
-    return state
-
-# %% ../nbs/09_pipeline.ipynb #72197284
-def _check_fits(cfg, policy, model, tok):
-    "Fail before any work when the policy prompt leaves no room for the longest answer a stage asks for."
-    from policyalign.policy import Prompter
-    from policyalign.rollout import context_length, prepare_prompts
-    longest = max(getattr(getattr(cfg, s.name), "max_new_tokens", 0) for s in STAGE_RECORDS if s.name != SYNTH.name)   # synthesis's are the generator's
-    prepare_prompts(Prompter(tok, policy), [], longest, context_length(model))
-
-def _set_runtime(cfg) -> dict:
-    "Fix what decides floating-point results: the thread count (when set) and deterministic algorithms; returns both for config.json."
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS; read when CUDA first multiplies
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    return dict(threads=torch.get_num_threads(), deterministic_algorithms=True)
-
-def _short(v): return f"{v:.4g}" if isinstance(v, float) else v
-
-def _versions():
-    import transformers, peft
-    from policyalign import __version__
-    return dict(policyalign=__version__, torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
-                python=platform.python_version())
-
 # %% ../nbs/09_pipeline.ipynb #d70dc1ff
 def shows(check:dict|None, ev:dict|None) -> str:
     "One paragraph, from the numbers, on what this run shows and what it does not."
@@ -325,12 +373,15 @@ def shows(check:dict|None, ev:dict|None) -> str:
     if check: out.append(f"The oracle check's verdict is **{check['overall']['verdict']}**: {check['advice']}.")
     if ev and (m := ev.get("mechanism")):
         r = m["kl_ratio"]
-        moved = "moved the student's distributions toward the teacher's" if r["hi"] < 1 else "did not clearly move the student's distributions toward the teacher's"
-        out.append(f"Distillation {moved}: on {m['n']} held-out requests the policy KL went from {m['kl_base']['mean']:.3f} (base) to "
-                   f"{m['kl_aligned']['mean']:.3f} (aligned), a ratio of {r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}].")
+        moved = "moved" if r["hi"] < 1 else "did not clearly move"
+        out.append(f"Distillation {moved} the student's distributions toward the teacher's: on {m['n']} held-out "
+                   f"requests the policy KL went from {m['kl_base']['mean']:.3f} (base) to "
+                   f"{m['kl_aligned']['mean']:.3f} (aligned), "
+                   f"a ratio of {r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}].")
     if check and check["overall"]["verdict"] != "clear":
-        out.append("A safety gain cannot show here, since the policy in the prompt does not clearly change this model's behaviour; "
-                   "it needs a model that follows its system prompt (1.5B and up, see the GPU tutorial).")
+        out.append("A safety gain cannot show here, since the policy in the prompt does not clearly change this "
+                   "model's behaviour; it needs a model that follows its system prompt (1.5B and up, see the GPU "
+                   "tutorial).")
     return " ".join(out)
 
 # %% ../nbs/09_pipeline.ipynb #7ac12af4
@@ -339,6 +390,7 @@ def _alarms(out) -> list[dict]:
     p = run_file(out, "metrics")
     return [a for m in (read_jsonl(p) if p.exists() else []) for a in m.get("alarms", [])]
 
+# %% ../nbs/09_pipeline.ipynb #a9960a89
 def write_report(out:Path, state:dict) -> Path:
     "Write report.md for the run folder from stages.json, check.json and eval.json."
     read = lambda name: read_json(run_file(out, name)) if run_file(out, name).exists() else None
@@ -350,11 +402,37 @@ def write_report(out:Path, state:dict) -> Path:
     for s in STAGES:
         if s in state:
             sm = state[s]["summary"]
-            lines.append(f"- **{s}**: " + ", ".join(f"{k} = {_short(v)}" for k,v in sm.items() if not isinstance(v, dict)))
+            shown = [f"{k} = {_short(v)}" for k,v in sm.items() if not isinstance(v, dict)]
+            lines.append(f"- **{s}**: " + ", ".join(shown))
         else: lines.append(f"- **{s}**: not run yet")
-    if alarms := _alarms(out): lines += ["## Alarms during training", ""] + [f"- **{a['alarm']}** at step {a['step']}: {a['cause']}. What to change: {a['fix']}." for a in alarms] + [""]
+    if alarms := _alarms(out):
+        lines += ["## Alarms during training", ""]
+        lines += [f"- **{a['alarm']}** at step {a['step']}: {a['cause']}. What to change: {a['fix']}." for a in alarms]
+        lines += [""]
     figs = [run_file(out, f) for f in ("mechanism_png", "filtering_png", "training_png", "eval_png")]
     lines += [""] + [f"![{f.stem}]({f.name})" for f in figs if f.exists()] + [""]
     if ev: lines.append(report_markdown(ev, level=2))
     with atomic_write(path := run_file(out, "report")) as f: f.write("\n".join(lines) + "\n")
     return path
+
+# %% ../nbs/09_pipeline.ipynb #83e72f28
+def run(cfg:PipelineConfig, out_dir, stages=STAGES, restart_from:str|None=None, model_and_tok=None) -> dict:
+    ("Run (or resume) the pipeline in `out_dir`; returns the per-stage summaries. Under `torchrun` the first process "
+     "owns the folder and runs the stages, and every process takes part in the shared ones (distillation).")
+    out = check_folder(out_dir, "run folder (--out)", "pass the path of a folder: it is made when missing")
+    init_distributed()
+    policy = cfg.load_policy()
+    fps = stage_fingerprints(cfg, policy)
+    with RunLock(out) if is_main() else contextlib.nullcontext():
+        state,todo = on_main(_plan, cfg, policy, out, fps, stages, restart_from)
+        set_seed(cfg.seed)
+        # the adapter's start: the seed alone
+        model,tok = (model_and_tok or load_model(cfg.model, seed=cfg.seed)) if todo else (None, None)
+        if todo: on_main(_check_fits, cfg, policy, model, tok)
+        for s in STAGE_RECORDS:
+            # what a stage finished earlier left in the model
+            if todo and s.restore and s.name in state: s.restore(model, out)
+        for s in [s for s in STAGE_RECORDS if s.name in todo]:
+            state = _run_recorded(s, cfg, policy, model, tok, out, state, todo, fps[s.name])
+        if is_main() and (todo or not run_file(out, "report").exists()): write_report(out, state)
+        return state

@@ -26,6 +26,7 @@ def _new_fig(w, h):
     plt.close(fig)  # the caller decides whether to show it; no second copy in notebooks
     return fig,ax
 
+# %% ../nbs/08_plots.ipynb #aab5e079
 def _yerr(ms):
     "Asymmetric error bars from each metric's (lo, hi) interval; zero where there is none."
     lo = [max(0.0, m["rate"] - m["lo"]) if m.get("lo") is not None else 0 for m in ms]
@@ -33,12 +34,21 @@ def _yerr(ms):
     return [lo, hi]
 
 # %% ../nbs/08_plots.ipynb #78685e61
-def plot_eval(result:dict, judge:str|None=None, metrics:tuple=("violation", "refusal", "accuracy"), title:str|None=None, decoding:str="greedy"):
-    "Grouped bars with 95% intervals: one group per (suite, metric), one bar per variant (base / oracle / aligned), for one decoding."
-    recs = [m for m in result["metrics"] if m["metric"] in metrics and m["rate"] is not None and m.get("decoding", "greedy") == decoding]
+def _eval_records(result:dict, judge, metrics, decoding):
+    "The metric records `plot_eval` draws, and their judge (the first one that is not '-', unless `judge` is given)."
+    recs = [m for m in result["metrics"]
+            if m["metric"] in metrics and m["rate"] is not None and m.get("decoding", "greedy") == decoding]
     judge = judge or next((m["judge"] for m in recs if m["judge"] != "-"), "-")
     recs = [m for m in recs if m["judge"] in (judge, "-")]
     if not recs: raise ValueError(f"no metrics {metrics} for judge {judge!r} in this result")
+    return recs, judge
+
+# %% ../nbs/08_plots.ipynb #04013381
+def plot_eval(result:dict, judge:str|None=None, metrics:tuple=("violation", "refusal", "accuracy"),
+              title:str|None=None, decoding:str="greedy"):
+    ("Grouped bars with 95% intervals: one group per (suite, metric), one bar per variant (base / oracle / aligned), "
+     "for one decoding.")
+    recs,judge = _eval_records(result, judge, metrics, decoding)
     variants = [v for v in VARIANT_COLORS if any(m["variant"] == v for m in recs)]
     groups = list(dict.fromkeys((m["suite"], m["metric"]) for m in recs))
     fig,ax = _new_fig(max(4.5, 1.1*len(groups)*len(variants)/2 + 2), 3.6)
@@ -52,19 +62,29 @@ def plot_eval(result:dict, judge:str|None=None, metrics:tuple=("violation", "ref
     kinds = {s: x.get("kind") for s,x in result.get("suites", {}).items()}
     name = lambda s,m: "over-refusal" if m == "refusal" and kinds.get(s) == "benign" else m
     ax.set_xticks(range(len(groups)), [f"{s}\n{name(s, m)}" for s,m in groups], fontsize=8)
-    ax.set_ylim(0, 1.05); ax.set_ylabel("rate"); ax.legend(fontsize=8, frameon=False)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate")
+    ax.legend(fontsize=8, frameon=False)
     ax.set_title(title or f"evaluation, {decoding} answers (judge: {judge}; bars: 95% Wilson intervals)", fontsize=9)
     ax.grid(axis="y", alpha=.3)
     return fig
 
 # %% ../nbs/08_plots.ipynb #f933ab66
-def plot_groups(result:dict, suite:str|None=None, judge:str|None=None, metric:str="violation", title:str|None=None, decoding:str="greedy"):
-    "Horizontal bars of a metric per group (policy rule or category) of one suite and decoding, one bar per variant."
-    recs = [g for g in result.get("groups", []) if g["metric"] == metric and g["rate"] is not None and g.get("decoding", "greedy") == decoding]
+def _group_records(result:dict, suite, judge, metric, decoding):
+    "The per-group records `plot_groups` draws, with their suite and judge (the first ones unless given)."
+    recs = [g for g in result.get("groups", [])
+            if g["metric"] == metric and g["rate"] is not None and g.get("decoding", "greedy") == decoding]
     suite = suite or next((g["suite"] for g in recs), None)
     judge = judge or next((g["judge"] for g in recs if g["suite"] == suite), None)
     recs = [g for g in recs if g["suite"] == suite and g["judge"] == judge]
     if not recs: raise ValueError(f"no per-group {metric!r} rates for suite {suite!r} in this result")
+    return recs, suite, judge
+
+# %% ../nbs/08_plots.ipynb #d7317401
+def plot_groups(result:dict, suite:str|None=None, judge:str|None=None, metric:str="violation", title:str|None=None,
+                decoding:str="greedy"):
+    "Horizontal bars of a metric per group (policy rule or category) of one suite and decoding, one bar per variant."
+    recs,suite,judge = _group_records(result, suite, judge, metric, decoding)
     variants = [v for v in VARIANT_COLORS if any(g["variant"] == v for g in recs)]
     names = sorted(dict.fromkeys(g["group"] for g in recs))
     fig,ax = _new_fig(6, 0.45*len(names)*max(1, len(variants)/2) + 1.2)
@@ -75,9 +95,12 @@ def plot_groups(result:dict, suite:str|None=None, judge:str|None=None, metric:st
         ax.barh(ys, [by[n]["rate"] for n in names if n in by], h, label=r, color=VARIANT_COLORS[r])
         for y,n in zip(ys, [n for n in names if n in by]):
             ax.text(1.01, y, f"{by[n]['k']}/{by[n]['n']}", va="center", fontsize=6, transform=ax.get_yaxis_transform())
-    ax.set_yticks(range(len(names)), names, fontsize=8); ax.invert_yaxis()
-    ax.set_xlim(0, 1); ax.set_xlabel(f"{metric} rate")
-    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6/len(names)), ncol=len(variants))
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"{metric} rate")
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6/len(names)),
+              ncol=len(variants))
     ax.set_title(title or f"{suite}: {metric} by group (judge: {judge})", fontsize=9)
     return fig
 
@@ -89,29 +112,64 @@ def plot_mechanism(mech:dict, title:str|None=None):
     for x,y in zip(b, a): ax.plot([0, 1], [x, y], color="#bbbbbb", lw=0.8, marker=".", ms=3)
     for i,(k,variant) in enumerate((("kl_base", "base"), ("kl_aligned", "aligned"))):
         m = mech[k]
-        ax.errorbar([i], [m["mean"]], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o", color=VARIANT_COLORS[variant], capsize=4, ms=7, zorder=3)
+        ax.errorbar([i], [m["mean"]], yerr=[[m["mean"] - m["lo"]], [m["hi"] - m["mean"]]], fmt="o",
+                    color=VARIANT_COLORS[variant], capsize=4, ms=7, zorder=3)
     r = mech["kl_ratio"]
-    ax.set_xticks([0, 1], ["base", "aligned"]); ax.set_xlim(-0.4, 1.4); ax.set_ylim(bottom=0)
+    ax.set_xticks([0, 1], ["base", "aligned"])
+    ax.set_xlim(-0.4, 1.4)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("KL(student ‖ teacher with the policy) per token")
-    ax.set_title(title or f"held-out policy KL: aligned/base = {r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] (n={mech['n']})", fontsize=9)
+    ax.set_title(title or f"held-out policy KL: aligned/base = {r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] "
+                          f"(n={mech['n']})", fontsize=9)
     ax.grid(axis="y", alpha=.3)
     return fig
 
 # %% ../nbs/08_plots.ipynb #06c73789
+def _plot_steps(ax, st, col):
+    "The per-step panels: loss and gradient norm, top-k masses, entropy, answers."
+    ax[0].plot(st, col("loss"), marker=".")
+    ax[0].set(xlabel="step", ylabel="per token", title="Loss (gradient norm dotted)")
+    g = ax[0].twinx()
+    g.plot(st, col("grad_norm"), color="C2", ls=":")
+    ax[1].plot(st, col("topk_mass"), label="student")
+    ax[1].plot(st, col("teacher_topk_mass"), label="teacher")
+    ax[1].set(xlabel="step", title="Mass on the student's top-k", ylim=(0, 1.05))
+    ax[1].legend(loc="lower left")
+    ax[2].plot(st, col("entropy"), color="C4")
+    ax[2].set(xlabel="step", ylabel="nats", title="Student entropy")
+    ax[3].plot(st, col("answer_tokens"), marker=".", label="answer tokens")
+    ax[3].set(xlabel="step", ylabel="tokens", title="Answers")
+    t = ax[3].twinx()
+    t.plot(st, col("eos_share"), color="C1", ls="--", label="ended with EOS")
+    t.plot(st, col("distinct_2"), color="C2", ls=":", label="distinct-2")
+    t.set_ylim(0, 1.05)
+    ax[3].legend(loc="upper left", fontsize=8)
+    t.legend(loc="lower right", fontsize=8)
+
+# %% ../nbs/08_plots.ipynb #a57076f8
+def _plot_watch(a, b, history):
+    kl = [(m["step"], m["heldout_kl"]) for m in history if "heldout_kl" in m]
+    if history and "heldout_kl_start" in history[0]: kl = [(0, history[0]["heldout_kl_start"])] + kl
+    if kl: a.plot(*zip(*kl), marker="o", color="C3")
+    a.set(xlabel="step", title="Held-out policy KL (watch)")
+    ref = [(m["step"], m["benign_refusal"]["rate"], m["oracle_benign_refusal"]["rate"])
+           for m in history if m.get("benign_refusal")]
+    if ref:
+        x,r,o = zip(*ref)
+        b.plot(x, r, marker="o", label="student")
+        b.plot(x, o, ls="--", color="k", label="oracle")
+        b.legend(fontsize=8)
+    b.set(xlabel="step", title="Benign refusal (watch)", ylim=(-0.05, 1.05))
+
+# %% ../nbs/08_plots.ipynb #392ab00f
 def plot_training(history:list[dict]):
-    "The run's diagnostics per step (loss, top-k mass, entropy, answers, gradient norm, the watch), alarms marked; returns the Figure."
+    ("The run's diagnostics per step (loss, top-k mass, entropy, answers, gradient norm, the watch), alarms marked; "
+     "returns the Figure.")
     import matplotlib.pyplot as plt
     fig,ax = plt.subplots(2, 3, figsize=(13, 6.4))
     ax = ax.ravel()
     st,col = [m["step"] for m in history],lambda k: [m.get(k, float("nan")) for m in history]
-    ax[0].plot(st, col("loss"), marker="."); ax[0].set(xlabel="step", ylabel="per token", title="Loss (gradient norm dotted)")
-    g = ax[0].twinx(); g.plot(st, col("grad_norm"), color="C2", ls=":")
-    ax[1].plot(st, col("topk_mass"), label="student"); ax[1].plot(st, col("teacher_topk_mass"), label="teacher")
-    ax[1].set(xlabel="step", title="Mass on the student's top-k", ylim=(0, 1.05)); ax[1].legend(loc="lower left")
-    ax[2].plot(st, col("entropy"), color="C4"); ax[2].set(xlabel="step", ylabel="nats", title="Student entropy")
-    ax[3].plot(st, col("answer_tokens"), marker=".", label="answer tokens"); ax[3].set(xlabel="step", ylabel="tokens", title="Answers")
-    t = ax[3].twinx(); t.plot(st, col("eos_share"), color="C1", ls="--", label="ended with EOS"); t.plot(st, col("distinct_2"), color="C2", ls=":", label="distinct-2")
-    t.set_ylim(0, 1.05); ax[3].legend(loc="upper left", fontsize=8); t.legend(loc="lower right", fontsize=8)
+    _plot_steps(ax, st, col)
     _plot_watch(ax[4], ax[5], history)
     for m in history:
         for a in m.get("alarms", []):
@@ -119,14 +177,3 @@ def plot_training(history:list[dict]):
             ax[0].annotate(a["alarm"], (a["step"], ax[0].get_ylim()[1]), color="red", fontsize=8, rotation=90, va="top")
     fig.tight_layout()
     return fig
-
-def _plot_watch(a, b, history):
-    kl = [(m["step"], m["heldout_kl"]) for m in history if "heldout_kl" in m]
-    if history and "heldout_kl_start" in history[0]: kl = [(0, history[0]["heldout_kl_start"])] + kl
-    if kl: a.plot(*zip(*kl), marker="o", color="C3")
-    a.set(xlabel="step", title="Held-out policy KL (watch)")
-    ref = [(m["step"], m["benign_refusal"]["rate"], m["oracle_benign_refusal"]["rate"]) for m in history if m.get("benign_refusal")]
-    if ref:
-        x,r,o = zip(*ref)
-        b.plot(x, r, marker="o", label="student"); b.plot(x, o, ls="--", color="k", label="oracle"); b.legend(fontsize=8)
-    b.set(xlabel="step", title="Benign refusal (watch)", ylim=(-0.05, 1.05))

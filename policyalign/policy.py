@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from fastcore.basics import patch
-from .core import PolicyAlignError
+from .core import PolicyAlignError, read_text_file
 
 # %% auto #0
 __all__ = ['TEACHER_SYSTEMS', 'BUILTIN_POLICIES', 'DOMAINS', 'Rule', 'Policy', 'read_policy_file', 'load_policy',
@@ -44,11 +44,12 @@ def _blocks(text:str):
     "Split text into ('item'|'head'|'para', text) blocks; continuation lines join the block above."
     blocks = []
     for line in text.splitlines():
-        if not line.strip(): blocks.append(("blank", "")); continue
-        if m := _ITEM.match(line): blocks.append(("item", m[1])); continue
-        if m := _HEAD.match(line): blocks.append(("head" if len(m[1]) > 1 or blocks else "title", m[2])); continue
-        kind,prev = blocks[-1] if blocks else ("blank", "")
-        if kind in ("item", "para"): blocks[-1] = (kind, prev + " " + line.strip())
+        if not line.strip(): blocks.append(("blank", ""))
+        elif m := _ITEM.match(line): blocks.append(("item", m[1]))
+        elif m := _HEAD.match(line): blocks.append(("head" if len(m[1]) > 1 or blocks else "title", m[2]))
+        elif blocks and blocks[-1][0] in ("item", "para"):
+            kind,prev = blocks[-1]
+            blocks[-1] = (kind, prev + " " + line.strip())
         else: blocks.append(("para", line.strip()))
     return [(k, _squash(t)) for k,t in blocks if k != "blank" and _squash(t)]
 
@@ -79,37 +80,50 @@ def _split(blocks, pos):
 
 # %% ../nbs/00_policy.ipynb #79442c72
 TEACHER_SYSTEMS = ("after-default", "alone")
+_SHAPES = ("write one rule per line as '1. Title: text', '- Title: text', a '## Title' heading followed by its text, "
+           "or a paragraph starting with 'Title:'")
 
 @dataclass(frozen=True)
 class Policy:
-    "A plain-language policy: preamble, numbered rules and a closing instruction; `teacher_system` says how it enters the teacher's prompt."
+    ("A plain-language policy: preamble, numbered rules and a closing instruction; "
+     "`teacher_system` says how it enters the teacher's prompt.")
     name: str
     rules: tuple[Rule, ...]
     title: str = ""
     preamble: str = ""
     closing: str = ""
     domain: str = "general"
-    teacher_system: str = "after-default"   # or 'alone': the policy replaces the chat template's default system prompt
+    # or 'alone': the policy replaces the chat template's default system prompt
+    teacher_system: str = "after-default"
 
     def __post_init__(self):
         if not self.rules: raise PolicyAlignError(f"policy {self.name!r} has no rules", _SHAPES)
         if self.teacher_system not in TEACHER_SYSTEMS:
-            raise PolicyAlignError(f"teacher_system={self.teacher_system!r}", f"use one of {', '.join(TEACHER_SYSTEMS)}")
+            raise PolicyAlignError(f"teacher_system={self.teacher_system!r}",
+                                   f"use one of {', '.join(TEACHER_SYSTEMS)}")
 
-    def __len__(self): return len(self.rules)
-    def __iter__(self): return iter(self.rules)
-    def rule(self, rule_id:str) -> Rule:
-        "The rule with id `rule_id`."
-        for r in self.rules:
-            if r.id == rule_id: return r
-        raise KeyError(f"{rule_id!r} is not a rule of {self.name!r}; rules: {[r.id for r in self.rules]}")
-    def __repr__(self): return f"Policy({self.name!r}, {len(self)} rules: {', '.join(r.title for r in self.rules)})"
+# %% ../nbs/00_policy.ipynb #bc62ef98
+@patch
+def __len__(self:Policy): return len(self.rules)
+@patch
+def __iter__(self:Policy): return iter(self.rules)
+@patch
+def __repr__(self:Policy): return f"Policy({self.name!r}, {len(self)} rules: {', '.join(r.title for r in self.rules)})"
 
-# %% ../nbs/00_policy.ipynb #f48e15a4
-_SHAPES = ("write one rule per line as '1. Title: text', '- Title: text', a '## Title' heading followed by its text, "
-           "or a paragraph starting with 'Title:'")
+@patch
+def rule(self:Policy, rule_id:str) -> Rule:
+    "The rule with id `rule_id`."
+    for r in self.rules:
+        if r.id == rule_id: return r
+    raise KeyError(f"{rule_id!r} is not a rule of {self.name!r}; rules: {[r.id for r in self.rules]}")
 
 # %% ../nbs/00_policy.ipynb #439eef96
+def _rule_title(title:str, text:str) -> str:
+    "A title that renders back to itself: no label separators or markup around it, and 'Rule' when nothing is left."
+    t = re.sub(r"\s*[:—–]+\s*", " - ", _squash(title)).strip(" -*")
+    return t or "Rule"
+
+# %% ../nbs/00_policy.ipynb #7af8922c
 @patch(cls_method=True)
 def parse(cls:Policy, text:str, name:str="custom", domain:str="general") -> Policy:
     "Parse a policy from plain text or Markdown."
@@ -122,11 +136,6 @@ def parse(cls:Policy, text:str, name:str="custom", domain:str="general") -> Poli
     rules = tuple(Rule(f"R{i}", _rule_title(t, x), x or t) for i,(t,x) in enumerate(rules, 1))
     return cls(name, rules, title, "\n\n".join(pre), "\n\n".join(post), domain)
 
-def _rule_title(title:str, text:str) -> str:
-    "A title that renders back to itself: no label separators or markup around it, and 'Rule' when nothing is left."
-    t = re.sub(r"\s*[:—–]+\s*", " - ", _squash(title)).strip(" -*")
-    return t or "Rule"
-
 # %% ../nbs/00_policy.ipynb #d28e198d
 @patch
 def render(self:Policy) -> str:
@@ -137,6 +146,7 @@ def render(self:Policy) -> str:
     if self.closing: parts.append(self.closing)
     return "\n\n".join(parts) + "\n"
 
+# %% ../nbs/00_policy.ipynb #d3e17c5d
 @patch(as_prop=True)
 def system_prompt(self:Policy) -> str:
     "The policy as the teacher reads it: its rendering, without surrounding blank lines."
@@ -147,15 +157,10 @@ BUILTIN_POLICIES = ("general", "medical", "legal", "financial", "short")
 DOMAINS = ("general", "medical", "legal", "financial")
 
 def read_policy_file(path) -> str:
-    "Read a policy file as UTF-8 text, refusing binary files and other encodings with a clear error."
-    path = Path(path)
-    if not path.is_file(): raise PolicyAlignError(f"policy file {str(path)!r} not found",
-                                                  f"pass one of {', '.join(BUILTIN_POLICIES)} or the path of a .md/.txt file")
-    data = path.read_bytes()
-    if b"\x00" in data[:4096]: raise PolicyAlignError(f"{path} is a binary file, not a policy", "pass a plain-text or Markdown file")
-    try: return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise PolicyAlignError(f"{path} is not UTF-8 text (byte {e.start})", "re-save the file as UTF-8") from e
+    ("Read a policy file as UTF-8 text (`core.read_text_file`: a two-line error for a missing, binary, non-UTF-8 "
+     "or empty file).")
+    return read_text_file(path, "policy file",
+                          f"pass one of {', '.join(BUILTIN_POLICIES)}, or the path of a plain-text or Markdown policy")
 
 # %% ../nbs/00_policy.ipynb #73dcfcd3
 @patch(cls_method=True)
@@ -167,6 +172,7 @@ def load(cls:Policy, name_or_path) -> Policy:
         return cls.parse(text, name=key, domain=key if key in DOMAINS else "general")
     return cls.parse(read_policy_file(key), name=Path(key).stem)
 
+# %% ../nbs/00_policy.ipynb #7e2bf151
 def load_policy(name_or_path) -> Policy:
     "Load a policy by shipped name or path (same as `Policy.load`)."
     return Policy.load(name_or_path)
@@ -214,8 +220,10 @@ class Prompter:
 
     @property
     def teacher_system(self) -> str:
-        "The teacher's system message: the student's (the template's default) and the policy after a blank line, or the policy alone."
-        if self.policy is None: raise PolicyAlignError("this Prompter has no policy", "pass a Policy to build teacher prompts")
+        ("The teacher's system message: the student's (the template's default) and the policy after a blank line, "
+         "or the policy alone.")
+        if self.policy is None:
+            raise PolicyAlignError("this Prompter has no policy", "pass a Policy to build teacher prompts")
         keep = self.default and self.policy.teacher_system == "after-default"
         return f"{self.default}\n\n{self.policy.system_prompt}" if keep else self.policy.system_prompt
 
@@ -228,31 +236,36 @@ def messages(self:Prompter, request:str, with_policy:bool) -> list[dict]:
     sys = self.teacher_system if with_policy else self.student_system
     return ([{"role":"system","content":sys}] if sys is not None else []) + [{"role":"user","content":request}]
 
+# %% ../nbs/00_policy.ipynb #84080f7c
 @patch
 def text(self:Prompter, request:str, with_policy:bool) -> str:
     "The rendered prompt, ending with the assistant header."
     return _render_chat(self.tokenizer, self.messages(request, with_policy))
 
-# %% ../nbs/00_policy.ipynb #11d46707
-def _encode(tok, text:str) -> list[int]: return tok(text, add_special_tokens=False)["input_ids"] if text else []
-
+# %% ../nbs/00_policy.ipynb #566f8c10
 @patch
 def policy_span(self:Prompter, request:str) -> tuple[int, int]|None:
-    "Where the teacher's text parts from the student's: `(start, end)` of the inserted block in the teacher's text, or None when the texts differ by more than an insertion."
+    ("Where the teacher's text parts from the student's: `(start, end)` of the inserted block in the teacher's text, "
+     "or None when the texts differ by more than an insertion.")
     s,t = self.text(request, False),self.text(request, True)
     i = next((k for k,(a,b) in enumerate(zip(s, t)) if a != b), min(len(s), len(t)))
     j = next((k for k,(a,b) in enumerate(zip(reversed(s[i:]), reversed(t[i:]))) if a != b), len(s) - i)
     return (i, len(t) - j) if i + j == len(s) else None
 
+# %% ../nbs/00_policy.ipynb #8afa5adf
+def _encode(tok, text:str) -> list[int]: return tok(text, add_special_tokens=False)["input_ids"] if text else []
+
 @patch
 def ids(self:Prompter, request:str, with_policy:bool) -> list[int]:
-    "The prompt's token ids; the teacher's are the student's with the policy block's tokens inserted where the texts part."
+    ("The prompt's token ids; the teacher's are the student's with the policy block's tokens inserted where the "
+     "texts part.")
     tok,t = self.tokenizer,self.text(request, with_policy)
     span = self.policy_span(request) if with_policy else None
     if span is None: return _encode(tok, t)
     head,block,tail = _encode(tok, t[:span[0]]),_encode(tok, t[span[0]:span[1]]),_encode(tok, t[span[1]:])
     if head + tail == self.student(request): return head + block + tail
-    return _encode(tok, t)   # the block does not start and end on token boundaries of the student's prompt
+    # the block does not start and end on token boundaries of the student's prompt
+    return _encode(tok, t)
 
 @patch
 def student(self:Prompter, request:str) -> list[int]: return self.ids(request, False)

@@ -22,12 +22,15 @@ def context_length(model) -> int:
     cfg = getattr(model, "config", None)
     return int(getattr(cfg, "max_position_embeddings", None) or 2048)
 
+# %% ../nbs/05a_rollout.ipynb #92992f65
 def prepare_prompts(prompter:Prompter, requests:list[str], max_new_tokens:int, max_context:int):
-    "Student and teacher prompt ids for `requests`, cutting over-long requests (with a warning) to leave room for the answer."
+    ("Student and teacher prompt ids for `requests`, cutting over-long requests (with a warning) to leave room "
+     "for the answer.")
     budget = max_context - max_new_tokens
     empty = len(prompter.teacher(""))
     if empty >= budget:
-        raise PolicyAlignError(f"the policy prompt is {empty} tokens, but the context is {max_context} with {max_new_tokens} kept for the answer",
+        raise PolicyAlignError(f"the policy prompt is {empty} tokens, but the context is {max_context} with "
+                               f"{max_new_tokens} kept for the answer",
                                "shorten the policy, lower max_new_tokens, or use a model with a longer context")
     tok,out,cut = prompter.tokenizer,([],[]),0
     for r in requests:
@@ -35,16 +38,20 @@ def prepare_prompts(prompter:Prompter, requests:list[str], max_new_tokens:int, m
         if len(t) > budget:
             ids = tok(r, add_special_tokens=False)["input_ids"]
             r,cut = tok.decode(ids[:max(1, len(ids) - (len(t) - budget) - 2)]),cut + 1
-        out[0].append(prompter.student(r)); out[1].append(prompter.teacher(r))
+        out[0].append(prompter.student(r))
+        out[1].append(prompter.teacher(r))
     if cut: warnings.warn(f"{cut} of {len(requests)} requests were cut to fit the {max_context}-token context")
     return out
 
 # %% ../nbs/05a_rollout.ipynb #1ce9029f
 def rollout(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temperature:float=1.0, seed:int|None=None,
-            batch_size:int=8, samples:int=1, progress:bool=False, min_new_tokens:int=0, row_seeds:list[int]|None=None) -> Generation:
-    "The student (adapter on, no policy) samples `samples` answers per prompt (`row_seeds`: one seed per answer, whatever the batch)."
-    return generate(model, tok, [p for p in prompts for _ in range(samples)], max_new_tokens=max_new_tokens, temperature=temperature,
-                    top_p=1.0, seed=seed, batch_size=batch_size, progress=progress, min_new_tokens=min_new_tokens, row_seeds=row_seeds)
+            batch_size:int=8, samples:int=1, progress:bool=False, min_new_tokens:int=0,
+            row_seeds:list[int]|None=None) -> Generation:
+    ("The student (adapter on, no policy) samples `samples` answers per prompt "
+     "(`row_seeds`: one seed per answer, whatever the batch).")
+    return generate(model, tok, [p for p in prompts for _ in range(samples)], max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_p=1.0, seed=seed, batch_size=batch_size, progress=progress,
+                    min_new_tokens=min_new_tokens, row_seeds=row_seeds)
 
 # %% ../nbs/05a_rollout.ipynb #ab2f3764
 @dataclass
@@ -60,7 +67,8 @@ class PairBatch:
 
 def pair_batch(student_prompts, teacher_prompts, answers, pad_id:int) -> PairBatch:
     "Build a `PairBatch` from prompt ids and answer ids (lists of token-id lists)."
-    if any(len(a) == 0 for a in answers): answers = [a or [pad_id] for a in answers]  # an empty answer still scores its first token
+    # an empty answer still scores its first token
+    if any(len(a) == 0 for a in answers): answers = [a or [pad_id] for a in answers]
     s,sm = left_pad([p + a for p,a in zip(student_prompts, answers)], pad_id)
     t,tm = left_pad([p + a for p,a in zip(teacher_prompts, answers)], pad_id)
     a,am = left_pad(answers, pad_id)
@@ -73,7 +81,9 @@ TEACHERS = ("frozen", "ema", "live")
 def teacher_weights(model, teacher:str="frozen"):
     "Within this context `model` computes with the weights of `teacher`: frozen (adapter off), ema or live."
     if teacher not in TEACHERS: raise PolicyAlignError(f"unknown teacher {teacher!r}", f"use one of {TEACHERS}")
-    if teacher == "live" or not hasattr(model, "disable_adapter"): yield; return
+    if teacher == "live" or not hasattr(model, "disable_adapter"):
+        yield
+        return
     if teacher == "frozen":
         with model.disable_adapter(): yield
         return
@@ -90,18 +100,22 @@ def head_scale(config) -> float:
     "The factor a model applies to its head's output: 1/`logits_scaling` (Granite), `logit_scale` (Cohere), else 1."
     if getattr(config, "final_logit_softcapping", None):
         raise PolicyAlignError(f"{config.model_type} soft-caps its logits, which the chunked loss does not model",
-                               "use a model without logit soft-capping (Llama, Qwen, Mistral, Granite, SmolLM families)")
+                               "use a model without logit soft-capping "
+                               "(Llama, Qwen, Mistral, Granite, SmolLM families)")
     return (getattr(config, "logit_scale", None) or 1.0) / (getattr(config, "logits_scaling", None) or 1.0)
 
+# %% ../nbs/05a_rollout.ipynb #532701f7
 def lm_parts(model):
     "The decoder stack, the output head and its scale for a (PEFT-wrapped) causal LM."
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
     if hasattr(head, "lora_A") or hasattr(head, "modules_to_save"):
-        raise PolicyAlignError("the output head has an adapter of its own, which the chunked head computation would skip",
+        raise PolicyAlignError("the output head has an adapter of its own, "
+                               "which the chunked head computation would skip",
                                "leave lm_head out of lora_targets and modules_to_save ('all-linear' already does)")
     return base.get_decoder(),head,head_scale(base.config)
 
+# %% ../nbs/05a_rollout.ipynb #a3384a5f
 def _positions(mask, offset=0): return offset + (mask.cumsum(-1) - 1).clamp(min=0)
 
 def _cache_kw(dec, cache):
@@ -112,8 +126,10 @@ def _cache_kw(dec, cache):
 class PolicyPrefix:
     "Keys and values of the shared policy prefix of teacher prompts, computed once per teacher version."
     def __init__(self, prompter:Prompter):
-        probes = [prompter.teacher(r) for r in ("a", "Z", "1", "?", " x")]   # requests differing from their first character
-        n = min(next((i for i,col in enumerate(zip(*probes)) if len(set(col)) > 1), min(map(len, probes))), *map(len, probes))
+        # requests differing from their first character
+        probes = [prompter.teacher(r) for r in ("a", "Z", "1", "?", " x")]
+        shared = next((i for i,col in enumerate(zip(*probes)) if len(set(col)) > 1), min(map(len, probes)))
+        n = min(shared, *map(len, probes))
         self.ids,self.kv,self.version = probes[0][:max(0, n-1)],None,None   # one token less: a merge at the boundary
         self.warned = False
 
@@ -130,20 +146,22 @@ class PolicyPrefix:
 
 # %% ../nbs/05a_rollout.ipynb #1c44a3d2
 def teacher_hidden(model, batch:PairBatch, L:int, teacher:str="frozen", prefix:PolicyPrefix|None=None, version=0):
-    "Teacher hidden states `(bs, L, d)` predicting the last `L` columns, without gradient (using the prefix cache when it applies)."
+    ("Teacher hidden states `(bs, L, d)` predicting the last `L` columns, without gradient "
+     "(using the prefix cache when it applies).")
     from transformers import DynamicCache
     dec = lm_parts(model)[0]
     with torch.no_grad(), teacher_weights(model, teacher), eval_mode(model):
         if prefix is not None and not prefix.matches(batch.teacher_prompts) and not prefix.warned:
             prefix.warned = True
-            warnings.warn("some teacher prompts do not start with the cached policy prefix: those batches run without the cache (correct, slower)")
+            warnings.warn("some teacher prompts do not start with the cached policy prefix: "
+                          "those batches run without the cache (correct, slower)")
         if prefix is None or not prefix.matches(batch.teacher_prompts):
             return dec(input_ids=batch.teacher_ids, attention_mask=batch.teacher_mask,
                        position_ids=_positions(batch.teacher_mask)).last_hidden_state[:, -L-1:-1]
         P,bs = len(prefix),batch.teacher_ids.shape[0]
         rest,rmask = left_pad([p[P:] + a for p,a in zip(batch.teacher_prompts, _answers(batch))], 0)
-        cache = DynamicCache(ddp_cache_data=[(k.expand(bs,-1,-1,-1), v.expand(bs,-1,-1,-1)) for k,v in prefix.get(dec, version)],
-                             config=model.config)
+        kv = [(k.expand(bs,-1,-1,-1), v.expand(bs,-1,-1,-1)) for k,v in prefix.get(dec, version)]
+        cache = DynamicCache(ddp_cache_data=kv, config=model.config)
         rest,rmask = rest.to(batch.teacher_ids.device),rmask.to(batch.teacher_ids.device)
         mask = torch.cat([rmask.new_ones(bs, P), rmask], 1)
         out = dec(input_ids=rest, attention_mask=mask, position_ids=_positions(rmask, P), **_cache_kw(dec, cache))
@@ -152,9 +170,11 @@ def teacher_hidden(model, batch:PairBatch, L:int, teacher:str="frozen", prefix:P
 def _answers(b): return [r[m].tolist() for r,m in zip(b.answer_ids, b.answer_mask)]
 
 # %% ../nbs/05a_rollout.ipynb #ffc7548c
-def score_tokens(model, batch:PairBatch, teacher:str="frozen", divergence:str="topk_tail_reverse_kl", top_k:int=256, beta:float=0.5,
-                 chunk:int=LOSS_CHUNK, prefix:PolicyPrefix|None=None, version=0, temperature:float=1.0):
-    "Per-token divergence `(n,)` and stats `(n, 3)` over the batch's answer tokens (row-major), plus the mask `(bs, L)`; logits are divided by the sampling `temperature`."
+def score_tokens(model, batch:PairBatch, teacher:str="frozen", divergence:str="topk_tail_reverse_kl", top_k:int=256,
+                 beta:float=0.5, chunk:int=LOSS_CHUNK, prefix:PolicyPrefix|None=None, version=0,
+                 temperature:float=1.0):
+    ("Per-token divergence `(n,)` and stats `(n, 3)` over the batch's answer tokens (row-major), plus the mask "
+     "`(bs, L)`; logits are divided by the sampling `temperature`.")
     dec,head,scale = lm_parts(model)
     dev = head.weight.device
     for f in ("student_ids","student_mask","teacher_ids","teacher_mask","answer_ids","answer_mask"):
@@ -165,8 +185,8 @@ def score_tokens(model, batch:PairBatch, teacher:str="frozen", divergence:str="t
         if not torch.isfinite(t_h).all(): raise nonfinite_error(model, batch.teacher_ids, "the teacher pass")
         s_h = dec(input_ids=batch.student_ids, attention_mask=batch.student_mask,
                   position_ids=_positions(batch.student_mask)).last_hidden_state[:, -L-1:-1][mask]
-        loss,stats = chunked_head_divergence(s_h, t_h.to(s_h.dtype), batch.answer_ids[mask], head.weight, head.bias, divergence, top_k, beta,
-                                             chunk, scale / temperature)
+        loss,stats = chunked_head_divergence(s_h, t_h.to(s_h.dtype), batch.answer_ids[mask], head.weight, head.bias,
+                                             divergence, top_k, beta, chunk, scale / temperature)
     return loss,stats,mask
 
 # %% ../nbs/05a_rollout.ipynb #da1eaec0
@@ -176,6 +196,7 @@ def per_answer(values, mask):
     tot = torch.zeros(mask.shape[0], device=values.device, dtype=values.dtype).index_add_(0, rows, values)
     return tot / mask.sum(1).clamp(min=1)
 
+# %% ../nbs/05a_rollout.ipynb #1cba1edc
 def answer_scores(loss, stats, mask) -> dict[str, list[float]]:
     "Per-answer means: divergence `kl`, log-likelihood gap `logp_gap` (student minus teacher), `topk_mass`."
     loss,stats = loss.detach().float(),stats.float()

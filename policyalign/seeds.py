@@ -4,31 +4,33 @@
 
 # %% ../nbs/03b_seeds.ipynb #6b449085
 from __future__ import annotations
-import csv, json, math
+import csv, io, json, math
 from collections import Counter
 from pathlib import Path
-from .core import PolicyAlignError, Stage, get_logger, read_jsonl
+from .core import PolicyAlignError, Stage, get_logger, read_jsonl, read_text_file
 from .policy import Policy, load_policy
 from .compose import topic_stems
 from .synthesis import SynthConfig, clean_items, dedup_rows, jaccard, shingles, synthesize
 
 # %% auto #0
-__all__ = ['STAGE', 'assign_rule', 'import_seeds', 'seed_column', 'seed_rows']
+__all__ = ['STAGE', 'assign_rule', 'import_seeds', 'synth_budget', 'seed_column', 'seed_rows']
 
 # %% ../nbs/03b_seeds.ipynb #0679e45b
 log = get_logger(__name__)
 
-# %% ../nbs/03b_seeds.ipynb #9466ce1c
+# %% ../nbs/03b_seeds.ipynb #d097b55f
 def _rule_index(policy:Policy, extra:dict|None=None):
     extra = extra or {}
-    bags = [Counter(topic_stems(r.title) * 2 + topic_stems(r.text) + topic_stems(extra.get(r.id, ""))) for r in policy.rules]
+    bags = [Counter(topic_stems(r.title) * 2 + topic_stems(r.text) + topic_stems(extra.get(r.id, "")))
+            for r in policy.rules]
     df = Counter(s for b in bags for s in b)
     idf = {s: math.log((1 + len(bags)) / (1 + d)) + 1e-3 for s,d in df.items()}
     return bags, idf, [shingles(f"{r.title} {r.text}", 4) for r in policy.rules]
 
-# %% ../nbs/03b_seeds.ipynb #d097b55f
+# %% ../nbs/03b_seeds.ipynb #0861f5c1
 def assign_rule(text:str, policy:Policy, index=None) -> tuple[str, float]:
-    "The id of the rule closest to `text` (idf-weighted word-stem overlap, char 4-gram Jaccard as tie-break) and its score."
+    ("The id of the rule closest to `text` (idf-weighted word-stem overlap, char 4-gram Jaccard as tie-break) "
+     "and its score.")
     bags,idf,grams = index or _rule_index(policy)
     words,g = set(topic_stems(text)),shingles(text, 4)
     scores = [sum(idf[s] for s in words if s in b) / len(b)**0.5 + 0.01 * jaccard(g, gr) for b,gr in zip(bags, grams)]
@@ -36,49 +38,71 @@ def assign_rule(text:str, policy:Policy, index=None) -> tuple[str, float]:
     return policy.rules[best].id, round(scores[best], 4)
 
 # %% ../nbs/03b_seeds.ipynb #ece865e8
+_SEED_FIX = "pass a CSV, JSON or JSONL file of requests (AdvBench's harmful_behaviors.csv, say), or a datasets.Dataset"
+
+def _file_records(p:Path) -> list:
+    "The records of a seed file: CSV rows, JSON lines, or a JSON list (or the first list in a JSON object)."
+    text = read_text_file(p, "seed file", _SEED_FIX)
+    if p.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        raise PolicyAlignError(f"seed file {p} has an unknown type {p.suffix!r}", "use .csv, .json or .jsonl")
+    try:
+        if p.suffix.lower() == ".csv": return list(csv.DictReader(io.StringIO(text)))
+        if p.suffix.lower() == ".jsonl": return [json.loads(l) for l in text.splitlines() if l.strip()]
+        data = json.loads(text)
+    except (json.JSONDecodeError, csv.Error) as e:
+        raise PolicyAlignError(f"seed file {p} is not valid {p.suffix[1:].upper()}: {e}", _SEED_FIX) from e
+    return next((v for v in data.values() if isinstance(v, list)), []) if isinstance(data, dict) else data
+
+# %% ../nbs/03b_seeds.ipynb #d0104259
 def _read_table(source, column:str) -> list:
     if isinstance(source, (list, tuple)) and all(isinstance(x, str) for x in source): return list(source)
     if hasattr(source, "column_names"): cols,get = list(source.column_names),lambda: list(source[column])
     else:
-        p = Path(source)
-        if not p.is_file(): raise PolicyAlignError(f"seed file {str(p)!r} not found", "pass a CSV, JSON or JSONL file, or a datasets.Dataset")
-        if p.suffix.lower() == ".csv":
-            with open(p, newline="", encoding="utf-8-sig") as f: data = list(csv.DictReader(f))
-        elif p.suffix.lower() == ".jsonl": data = read_jsonl(p)
-        elif p.suffix.lower() == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
-            if isinstance(data, dict): data = next((v for v in data.values() if isinstance(v, list)), [])
-        else: raise PolicyAlignError(f"{p.name}: unknown seed file type {p.suffix!r}", "use .csv, .json or .jsonl")
+        data = _file_records(Path(source))
         cols = sorted({k for r in data if isinstance(r, dict) for k in r})
         get = lambda: [r.get(column) for r in data if isinstance(r, dict)]
-    if column not in cols: raise PolicyAlignError(f"seed source has no column {column!r}; its columns are {cols}", "pass column=<one of those>")
+    if column not in cols:
+        raise PolicyAlignError(f"seed source {str(source)[:200]!r} has no column {column!r}; its columns are {cols}",
+                               "pass a file with a goal, request or instruction column")
     return get()
 
 # %% ../nbs/03b_seeds.ipynb #cf67ad06
-def import_seeds(source, policy:Policy|str, column:str="goal", name:str|None=None, dedup:bool=True, extra:dict|None=None,
-                 threshold:float=0.7, n:int=3, min_chars:int=10, max_chars:int=1000):
-    "Existing harmful requests (file, `datasets.Dataset` or list) as stage-1 rows, each assigned to its closest rule (`extra`: more words per rule id); the counts go to the log."
+def import_seeds(source, policy:Policy|str, column:str="goal", name:str|None=None, dedup:bool=True,
+                 extra:dict|None=None, threshold:float=0.7, n:int=3, min_chars:int=10, max_chars:int=1000):
+    ("Existing harmful requests (file, `datasets.Dataset` or list) as stage-1 rows, each assigned to its closest rule "
+     "(`extra`: more words per rule id); the counts go to the log.")
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     name = name or (Path(source).stem if isinstance(source, (str, Path)) else "seed")
     items,why = clean_items([str(x) for x in _read_table(source, column) if x is not None], min_chars, max_chars)
     index,titles = _rule_index(policy, extra),{r.id: r.title for r in policy.rules}
     matches = [assign_rule(x, policy, index) for x in items]
-    rows = [dict(request=x, rule_id=rid, rule_title=titles[rid], tactic="seed", kind="harmful", generator=f"seed:{name}", seed=0)
-            for x,(rid,_) in zip(items, matches)]
-    stats = dict(read=len(items) + sum(why.values()), dropped=dict(why), no_word_overlap=sum(sc < 0.01 for _,sc in matches))
+    rows = [dict(request=x, rule_id=rid, rule_title=titles[rid], tactic="seed", kind="harmful",
+                 generator=f"seed:{name}", seed=0) for x,(rid,_) in zip(items, matches)]
+    stats = dict(read=len(items) + sum(why.values()), dropped=dict(why),
+                 no_word_overlap=sum(sc < 0.01 for _,sc in matches))
     if dedup: rows,stats["dedup"] = dedup_rows(rows, threshold, n)
     log.info(f"seed import {name}: {stats}")
     return rows
 
 # %% ../nbs/03b_seeds.ipynb #79dcac25
+def synth_budget(run, policy) -> int:
+    "The most tokens the generator writes (none when every request is composed from the policy text)."
+    c = run.synth
+    if c.source == "policy": return 0
+    return len(policy) * (len(c.tactics) + (c.n_benign > 0)) * c.max_attempts * c.max_new_tokens
+
+# %% ../nbs/03b_seeds.ipynb #bdfe609c
 def seed_column(path) -> str:
     "The column of a seed file that holds the requests: `goal` (AdvBench), `request`, else `instruction`."
-    head = Path(path).read_text(encoding="utf-8", errors="replace")[:2000]
-    return next((c for c in ("goal", "request") if c in head), "instruction")
+    cols = {k for r in _file_records(Path(path)) if isinstance(r, dict) for k in r}
+    return next((c for c in ("goal", "request") if c in cols), "instruction")
 
+# %% ../nbs/03b_seeds.ipynb #8ef327fa
 def seed_rows(cfg:SynthConfig, policy:Policy) -> list[dict]|None:
     "The requests of the seed file `cfg.seeds` as synthesis rows (None without one)."
     return import_seeds(cfg.seeds, policy, column=seed_column(cfg.seeds)) if cfg.seeds else None
 
 STAGE = Stage("synth", synthesize, SynthConfig, keeps=("synthesis", "heldout", "synthesis_stats"), rows=seed_rows,
-              about="requests that break each rule, and benign look-alikes, split into training candidates and held-out rows")
+              validate=seed_rows, budget=synth_budget,
+              about="requests that break each rule, and benign look-alikes, split into training candidates "
+                    "and held-out rows")

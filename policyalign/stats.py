@@ -38,6 +38,7 @@ def _percentiles(xs:list[float], level:float) -> tuple[float, float]:
     pick = lambda q: xs[min(len(xs) - 1, max(0, round(q*(len(xs) - 1))))]
     return pick(a), pick(1 - a)
 
+# %% ../nbs/01a_stats.ipynb #1b6c1a51
 def mean_ci(values, n_boot:int=1000, seed:int=0, level:float=0.95) -> dict:
     "The mean of `values` with a seeded percentile-bootstrap interval."
     v = [float(x) for x in values]
@@ -56,20 +57,31 @@ def ratio_ci(numerator, denominator, n_boot:int=1000, seed:int=0, level:float=0.
     return dict(ratio=r(range(len(pairs))), lo=lo, hi=hi, n=len(pairs))
 
 # %% ../nbs/01a_stats.ipynb #ef39c8ba
-def paired_gap(base, oracle, aligned, higher_is_better:bool=True, n_boot:int=1000, seed:int=0, level:float=0.95) -> dict:
-    "Oracle gain and gap closed `(a-b)/(o-b)` from per-prompt 0/1 flags of the three rows, by a paired bootstrap over prompts."
+def _gains(rows, s:float, idx) -> tuple[float, float]:
+    "The oracle's and the aligned model's gains over the base on the prompts `idx`; `s` (+1 or -1) is the direction."
+    b,o,a = (sum(rows[i][j] for i in idx)/len(idx) for j in range(3))
+    return s*(o - b), s*(a - b)
+
+# %% ../nbs/01a_stats.ipynb #64fd9cab
+def paired_gap(base, oracle, aligned, higher_is_better:bool=True, n_boot:int=1000, seed:int=0,
+               level:float=0.95) -> dict:
+    ("Oracle gain and gap closed `(a-b)/(o-b)` from per-prompt 0/1 flags of the three rows, "
+     "by a paired bootstrap over prompts.")
     rows = [(float(b), float(o), float(a)) for b,o,a in zip(base, oracle, aligned) if None not in (b, o, a)]
-    if not rows: return dict(n=0, applicable=False, why="no prompt has all three rows", gap_closed=None, lo=None, hi=None,
-                             oracle_gain=None, oracle_gain_lo=None, oracle_gain_hi=None)
+    if not rows:
+        return dict(n=0, applicable=False, why="no prompt has all three rows", gap_closed=None, lo=None, hi=None,
+                    oracle_gain=None, oracle_gain_lo=None, oracle_gain_hi=None,
+                    aligned_gain=None, aligned_gain_lo=None, aligned_gain_hi=None)
     s = 1.0 if higher_is_better else -1.0
-    def stats(idx):
-        b,o,a = (sum(rows[i][j] for i in idx)/len(idx) for j in range(3))
-        return s*(o - b), s*(a - b)
-    gain,closed = stats(range(len(rows)))
-    boots = [stats(idx) for idx in _resample(len(rows), n_boot, seed)]
+    gain,closed = _gains(rows, s, range(len(rows)))
+    boots = [_gains(rows, s, idx) for idx in _resample(len(rows), n_boot, seed)]
     g_lo,g_hi = _percentiles([g for g,_ in boots], level)
-    out = dict(n=len(rows), oracle_gain=gain, oracle_gain_lo=g_lo, oracle_gain_hi=g_hi, gap_closed=None, lo=None, hi=None)
+    a_lo,a_hi = _percentiles([a for _,a in boots], level)
+    out = dict(n=len(rows), oracle_gain=gain, oracle_gain_lo=g_lo, oracle_gain_hi=g_hi,
+               aligned_gain=closed, aligned_gain_lo=a_lo, aligned_gain_hi=a_hi, gap_closed=None, lo=None, hi=None)
     if gain <= 0: return dict(out, applicable=False, why="the oracle is not better than the base")
-    if g_lo <= 0: return dict(out, applicable=False, why="the oracle's gain over the base is not clear (its interval includes zero)")
+    if g_lo <= 0:
+        return dict(out, applicable=False,
+                    why="the oracle's gain over the base is not clear (its interval includes zero)")
     lo,hi = _percentiles([c/g for g,c in boots if g > 0], level)
     return dict(out, applicable=True, why="", gap_closed=closed/gain, lo=lo, hi=hi)

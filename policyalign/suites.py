@@ -20,17 +20,21 @@ log = get_logger(__name__)
 
 # %% ../nbs/07a_suites.ipynb #eccb89c5
 def data_roots() -> list[Path]:
-    "Folders of benchmark files, in the order `data_file` searches them: `$POLICYALIGN_DATA` alone when set; else the package's own sets, then `shared/data` next to the working folder or the package."
+    ("Folders of benchmark files, in the order `data_file` searches them: `$POLICYALIGN_DATA` alone when set; "
+     "else the package's own sets, then `shared/data` next to the working folder or the package.")
     if env := os.environ.get("POLICYALIGN_DATA"):
         p = Path(env).expanduser()
-        if not p.is_dir(): raise PolicyAlignError(f"POLICYALIGN_DATA={env!r} is not a folder",
-                                                  "point it at the folder holding strongreject/, xstest/, mmlu/ ..., or unset it")
+        if not p.is_dir():
+            raise PolicyAlignError(f"POLICYALIGN_DATA={env!r} is not a folder",
+                                   "point it at the folder holding strongreject/, xstest/, mmlu/ ..., or unset it")
         return [p]
     import policyalign
     here = Path(policyalign.__file__).resolve().parent
-    shared = [d/"shared"/"data" for start in (Path.cwd().resolve(), here) for d in (start, *start.parents) if (d/"shared"/"data").is_dir()]
+    shared = [d/"shared"/"data" for start in (Path.cwd().resolve(), here) for d in (start, *start.parents)
+              if (d/"shared"/"data").is_dir()]
     return [here/"benchmarks"] + shared[:1]
 
+# %% ../nbs/07a_suites.ipynb #b85bcdf7
 def data_root() -> Path:
     "The first benchmark folder `data_file` searches (the package's own sets, unless `$POLICYALIGN_DATA` is set)."
     return data_roots()[0]
@@ -50,22 +54,26 @@ def _read_local(p:Path) -> list[dict]:
     if suf == ".jsonl": return read_jsonl(p)
     if suf == ".json":
         obj = read_json(p)
-        rows = obj if isinstance(obj, list) else next((obj[k] for k in ("data", "rows", "examples") if isinstance(obj.get(k), list)), None)
-        if rows is None: raise PolicyAlignError(f"{p} holds no list of records", "give a JSON list of objects, or JSON lines")
+        keys = ("data", "rows", "examples")
+        rows = obj if isinstance(obj, list) else next((obj[k] for k in keys if isinstance(obj.get(k), list)), None)
+        if rows is None:
+            raise PolicyAlignError(f"{p} holds no list of records", "give a JSON list of objects, or JSON lines")
         return rows
     if suf == ".parquet":
         from datasets import load_dataset
         return [dict(r) for r in load_dataset("parquet", data_files=str(p), split="train")]
     raise PolicyAlignError(f"cannot read {p}: unknown file type {suf!r}", "use .csv, .json, .jsonl or .parquet")
 
-HUB_MIRRORS = {  # data-folder name -> (hub id, config, split): where a benchmark comes from without local files
+# %% ../nbs/07a_suites.ipynb #7ae22da9
+# data-folder name -> (hub id, config, split): where a benchmark comes from without local files
+HUB_MIRRORS = {
     "strongreject": ("walledai/StrongREJECT", None, "train"), "advbench": ("walledai/AdvBench", None, "train"),
     "harmbench": ("walledai/HarmBench", "standard", "train"), "xstest": ("walledai/XSTest", None, "test"),
     "mmlu": ("cais/mmlu", "all", "test"), "gsm8k": ("openai/gsm8k", "main", "test")}
 
-# %% ../nbs/07a_suites.ipynb #b7fb6643
 def read_rows(source, split:str="train", config:str|None=None) -> list[dict]:
-    "Records of a local CSV/JSON/JSONL/Parquet file, or of a Hugging Face hub dataset (`org/name`; a mirror in `HUB_MIRRORS` uses its own config and split)."
+    ("Records of a local CSV/JSON/JSONL/Parquet file, or of a Hugging Face hub dataset "
+     "(`org/name`; a mirror in `HUB_MIRRORS` uses its own config and split).")
     p = Path(str(source)).expanduser()
     if p.is_file(): return _read_local(p)
     if not p.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
@@ -74,9 +82,12 @@ def read_rows(source, split:str="train", config:str|None=None) -> list[dict]:
             from datasets import load_dataset
             return [dict(r) for r in load_dataset(str(source), config, split=split)]
         except Exception as e:
-            raise PolicyAlignError(f"could not load {source!r} from the Hugging Face hub ({str(e).splitlines()[0][:200]})",
-                                   "check the dataset id and your network (gated datasets: accept their terms on the hub and log in), or pass a local file") from e
-    raise PolicyAlignError(f"benchmark file {str(source)!r} not found", "check the path, or set POLICYALIGN_DATA to the data folder")
+            raise PolicyAlignError(f"could not load {source!r} from the Hugging Face hub "
+                                   f"({str(e).splitlines()[0][:200]})",
+                                   "check the dataset id and your network (gated datasets: accept their terms "
+                                   "on the hub and log in), or pass a local file") from e
+    raise PolicyAlignError(f"benchmark file {str(source)!r} not found",
+                           "check the path, or set POLICYALIGN_DATA to the data folder")
 
 # %% ../nbs/07a_suites.ipynb #99969ff6
 SUITE_KINDS = ("harmful", "benign", "capability")
@@ -91,9 +102,12 @@ class Suite:
     excluded: int = 0     # items left out because an earlier stage saw them
 
     def __post_init__(self):
-        if self.kind not in SUITE_KINDS: raise PolicyAlignError(f"suite kind {self.kind!r}", f"use one of {SUITE_KINDS}")
-        if not self.items: raise PolicyAlignError(f"suite {self.name!r} is empty (source: {self.source or 'in memory'})",
-                                                  "check the file and any filters (label, kind, split); a suite needs at least one item")
+        if self.kind not in SUITE_KINDS:
+            raise PolicyAlignError(f"suite kind {self.kind!r}", f"use one of {SUITE_KINDS}")
+        if not self.items:
+            raise PolicyAlignError(f"suite {self.name!r} is empty (source: {self.source or 'in memory'})",
+                                   "check the file and any filters (label, kind, split); "
+                                   "a suite needs at least one item")
     def __len__(self): return len(self.items)
     @property
     def requests(self) -> list[str]: return [it["request"] for it in self.items]
@@ -108,9 +122,11 @@ def _pick(rows, candidates, source):
     cols = set(rows[0])
     for c in candidates:
         if c in cols: return c
-    raise PolicyAlignError(f"{source} is missing column {' or '.join(map(repr, candidates))} (it has: {', '.join(sorted(cols))})",
+    raise PolicyAlignError(f"{source} is missing column {' or '.join(map(repr, candidates))} "
+                           f"(it has: {', '.join(sorted(cols))})",
                            "pass a file with that column, or the original benchmark file")
 
+# %% ../nbs/07a_suites.ipynb #e433553c
 def subsample(items:list, limit:int|None, seed:int=0) -> list:
     "Up to `limit` items chosen with a seeded generator, in their original order (all of them when `limit` is None)."
     if limit is None or limit >= len(items): return list(items)
@@ -119,12 +135,14 @@ def subsample(items:list, limit:int|None, seed:int=0) -> list:
     return [items[i] for i in idx]
 
 # %% ../nbs/07a_suites.ipynb #ceddb258
-def make_suite(name, kind, rows, source, request_cols, limit=None, seed=0, id_cols=(), group_cols=(), group_norm=str) -> Suite:
+def make_suite(name, kind, rows, source, request_cols, limit=None, seed=0, id_cols=(), group_cols=(),
+               group_norm=str) -> Suite:
     "Build a `Suite` from raw rows: pick the request (and optional id/group) column, drop empty requests, subsample."
     rc = _pick(rows, request_cols, source)
     ic = next((c for c in id_cols if c in rows[0]), None)
     gc = next((c for c in group_cols if c in rows[0]), None)
-    items = [dict(id=str(r[ic]) if ic else str(i), request=str(r[rc]).strip(), group=group_norm(r[gc]) if gc and r.get(gc) else None)
+    items = [dict(id=str(r[ic]) if ic else str(i), request=str(r[rc]).strip(),
+                  group=group_norm(r[gc]) if gc and r.get(gc) else None)
              for i,r in enumerate(rows) if r.get(rc) and str(r[rc]).strip()]
     return Suite(name, kind, subsample(items, limit, seed), str(source))
 
@@ -138,6 +156,7 @@ def _src(source, *parts):
         log.info(f"no local copy of {parts[0]}: reading it from the hub ({HUB_MIRRORS[parts[0]][0]})")
         return HUB_MIRRORS[parts[0]][0]
 
+# %% ../nbs/07a_suites.ipynb #36c40396
 def load_strongreject(limit=None, seed=0, source=None) -> Suite:
     "StrongREJECT's 313 forbidden prompts (local CSV, or hub id `walledai/StrongREJECT`)."
     src = _src(source, "strongreject", "strongreject_dataset.csv")
@@ -166,27 +185,32 @@ def load_xstest(label:str="safe", limit=None, seed=0, source=None) -> Suite:
     rows = read_rows(src)
     lc = _pick(rows, ("label",), src)
     rows = [r for r in rows if str(r[lc]).strip().lower() == label]
-    if not rows: raise PolicyAlignError(f"suite 'xstest-{label}' is empty: {src} has no rows with label {label!r}", "check the file")
-    return make_suite(f"xstest-{label}", "benign" if label == "safe" else "harmful", rows, src, ("prompt",), limit, seed,
-                      id_cols=("id",), group_cols=("type",))
+    if not rows:
+        raise PolicyAlignError(f"suite 'xstest-{label}' is empty: {src} has no rows with label {label!r}",
+                               "check the file")
+    return make_suite(f"xstest-{label}", "benign" if label == "safe" else "harmful", rows, src, ("prompt",), limit,
+                      seed, id_cols=("id",), group_cols=("type",))
 
 # %% ../nbs/07a_suites.ipynb #603d5a31
 HELD_OUT_SPLITS = ("test", "eval", "heldout", "held_out", "held-out", "validation")
 
 def load_synth(source, kind:str="harmful", limit=None, seed=0) -> Suite:
-    "Held-out synthesized requests (a list of rows or a file): `kind='harmful'` (every non-benign row) or `kind='benign'` (contrast requests)."
+    ("Held-out synthesized requests (a list of rows or a file): `kind='harmful'` (every non-benign row) "
+     "or `kind='benign'` (contrast requests).")
     rows,source = (list(source),"held-out rows") if isinstance(source, (list, tuple)) else (read_rows(source),source)
     for c in ("request", "kind", "rule_id"): _pick(rows, (c,), source)
     if "split" in rows[0]: rows = [r for r in rows if str(r.get("split", "")).lower() in HELD_OUT_SPLITS]
     rows = [r for r in rows if (r["kind"] == "benign") == (kind == "benign")]
-    if not rows: raise PolicyAlignError(f"suite 'synth-{kind}' is empty: {source} has no held-out rows of kind {kind!r}",
-                                        "check the synthesis output (its split and kind columns)")
+    if not rows:
+        raise PolicyAlignError(f"suite 'synth-{kind}' is empty: {source} has no held-out rows of kind {kind!r}",
+                               "check the synthesis output (its split and kind columns)")
     return make_suite(f"synth-{kind}", "benign" if kind == "benign" else "harmful", rows, source, ("request",),
                       limit, seed, id_cols=("id",), group_cols=("rule_id",))
 
 # %% ../nbs/07a_suites.ipynb #86913926
 def load_mmlu(limit=None, seed=0, source=None, subjects:list[str]|None=None) -> Suite:
-    "MMLU multiple-choice questions: a folder of `<subject>_test.csv` files, one CSV, or hub id `cais/mmlu` (config 'all')."
+    ("MMLU multiple-choice questions: a folder of `<subject>_test.csv` files, one CSV, "
+     "or hub id `cais/mmlu` (config 'all').")
     src = _src(source, "mmlu", "test")
     files = sorted(Path(src).glob("*_test.csv")) if Path(src).is_dir() else [src]
     items = []
@@ -194,7 +218,8 @@ def load_mmlu(limit=None, seed=0, source=None, subjects:list[str]|None=None) -> 
         subj = Path(str(f)).name.removesuffix("_test.csv") if Path(str(f)).is_file() else None
         if subjects and subj and subj not in subjects: continue
         rows = read_rows(f, split="test", config="all") if not Path(str(f)).is_file() else read_rows(f)
-        _pick(rows, ("question",), f); _pick(rows, ("answer",), f)
+        _pick(rows, ("question",), f)
+        _pick(rows, ("answer",), f)
         for i,r in enumerate(rows):
             ch = list(r["choices"]) if "choices" in r else [r[_pick(rows, (f"choice{j}",), f)] for j in range(4)]
             items.append(dict(id=f"{subj or r.get('subject', '')}/{i}", request=r["question"], choices=ch,
@@ -207,7 +232,8 @@ def load_gsm8k(limit=None, seed=0, source=None) -> Suite:
     src = _src(source, "gsm8k", "test.jsonl")
     rows = read_rows(src, split="test", config="main")
     q,a = _pick(rows, ("question",), src),_pick(rows, ("answer",), src)
-    items = [dict(id=str(i), request=r[q], answer=str(r[a]).split("####")[-1].strip().replace(",", "")) for i,r in enumerate(rows)]
+    items = [dict(id=str(i), request=r[q], answer=str(r[a]).split("####")[-1].strip().replace(",", ""))
+             for i,r in enumerate(rows)]
     return Suite("gsm8k", "capability", subsample(items, limit, seed), str(src))
 
 # %% ../nbs/07a_suites.ipynb #17f16fa5
@@ -215,11 +241,13 @@ TRIDENT_FILES = {"medical": "med_final.jsonl", "legal": "law_final.jsonl", "fina
 
 def load_trident(domain:str, limit=None, seed=0, source=None) -> Suite:
     "Trident-Bench requests of one domain ('medical', 'legal' or 'financial')."
-    if domain not in TRIDENT_FILES: raise PolicyAlignError(f"no Trident-Bench file for domain {domain!r}", f"use one of {list(TRIDENT_FILES)}")
+    if domain not in TRIDENT_FILES:
+        raise PolicyAlignError(f"no Trident-Bench file for domain {domain!r}", f"use one of {list(TRIDENT_FILES)}")
     src = _src(source, "trident_bench", TRIDENT_FILES[domain])
     return make_suite(f"trident-{domain}", "harmful", read_rows(src), src, ("harmful_prompt",), limit, seed,
                       id_cols=("id",), group_cols=("risk_type",))
 
+# %% ../nbs/07a_suites.ipynb #94e0a182
 def load_medsafetybench(limit=None, seed=0, source=None) -> Suite:
     "MedSafetyBench test requests (all generators and categories), grouped by AMA principle."
     src = _src(source, "medsafetybench", "test")
@@ -227,19 +255,24 @@ def load_medsafetybench(limit=None, seed=0, source=None) -> Suite:
     rows = []
     for f in files:
         cat = re.search(r"category_(\d+)", f.name)
-        rows += [dict(r, id=f"{f.parent.name}/cat{cat[1] if cat else '?'}/{i}", group=f"principle {cat[1]}" if cat else None)
+        rows += [dict(r, id=f"{f.parent.name}/cat{cat[1] if cat else '?'}/{i}",
+                      group=f"principle {cat[1]}" if cat else None)
                  for i,r in enumerate(read_rows(f))]
     return make_suite("medsafetybench", "harmful", rows, src, ("harmful_medical_request",), limit, seed,
                       id_cols=("id",), group_cols=("group",))
 
 # %% ../nbs/07a_suites.ipynb #e015e67a
 SUITES = {"strongreject": load_strongreject, "advbench": load_advbench, "harmbench": load_harmbench,
-          "xstest-safe": lambda **kw: load_xstest("safe", **kw), "xstest-unsafe": lambda **kw: load_xstest("unsafe", **kw),
+          "xstest-safe": lambda **kw: load_xstest("safe", **kw),
+          "xstest-unsafe": lambda **kw: load_xstest("unsafe", **kw),
           "mmlu": load_mmlu, "gsm8k": load_gsm8k, "medsafetybench": load_medsafetybench,
           **{f"trident-{d}": (lambda d: lambda **kw: load_trident(d, **kw))(d) for d in TRIDENT_FILES}}
-DOMAIN_SUITES = {"medical": ("medsafetybench", "trident-medical"), "legal": ("trident-legal",), "financial": ("trident-financial",)}
+DOMAIN_SUITES = {"medical": ("medsafetybench", "trident-medical"), "legal": ("trident-legal",),
+                 "financial": ("trident-financial",)}
 
 def load_suite(name:str, limit:int|None=None, seed:int=0, source=None) -> Suite:
     "Load a suite by registry name (see `SUITES`)."
-    if name not in SUITES: raise PolicyAlignError(f"unknown suite {name!r}", f"use one of {', '.join(SUITES)}, or build a Suite with make_suite")
+    if name not in SUITES:
+        raise PolicyAlignError(f"unknown suite {name!r}",
+                               f"use one of {', '.join(SUITES)}, or build a Suite with make_suite")
     return SUITES[name](limit=limit, seed=seed, source=source)

@@ -8,7 +8,9 @@ import json, os, re, warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from .core import PolicyAlignError, StageResult, check_fields, get_logger, request_texts, run_file, stable_hash, write_data_card, write_json, write_jsonl
+from fastcore.basics import patch
+from .core import (PolicyAlignError, StageResult, check_fields, get_logger, request_texts, run_file,
+                              stable_hash, write_data_card, write_json, write_jsonl)
 from .policy import Policy, Rule, load_policy
 from .refusal import is_refusal
 from .compose import BENIGN_TACTIC, TACTICS, compose_requests, request_problem
@@ -46,23 +48,28 @@ def request_messages(rule:Rule, tactic:str, n:int) -> list[dict]:
 # %% ../nbs/03_synthesis.ipynb #45958a9e
 _MARKER = re.compile(r"^\s*(?:[-*+•·–]+\s*|\(?\d{1,3}\s*[.):\]]\s*|\[\d{1,3}\]\s*|#\d+[.:]?\s*"
                      r"|(?:request|message|prompt|example|query|question|user)\s*#?\s*\d*\s*[:.)–-]\s+)", re.I)
-_CHATTY = re.compile(r"^(?:sure|okay|ok|certainly|of course|absolutely|here(?:'s| is| are)|below (?:are|is)|these (?:are|messages)"
+_CHATTY = re.compile(r"^(?:sure|okay|ok|certainly|of course|absolutely|here(?:'s| is| are)|below (?:are|is)|"
+                     r"these (?:are|messages)"
                      r"|note\b|i hope|let me know|feel free|remember\b|output\b)", re.I)
 _QUOTES = "\"'“”‘’`"
 
 def _strip_item(s:str) -> str:
     s = s.strip().replace("**", "").replace("__", "")
     for _ in range(3): s = _MARKER.sub("", s, count=1).strip()
-    if m := re.match(r'^["“](.+?)["”](?:\s*[-—–:(].*)?$', s): s = m[1]   # "the request" - chatty explanation
+    # "the request" - chatty explanation
+    if m := re.match(r'^["“](.+?)["”](?:\s*[-—–:(].*)?$', s): s = m[1]
     return s.strip(_QUOTES + " ").strip()
 
+# %% ../nbs/03_synthesis.ipynb #cdbf585a
 def _json_items(text:str):
     i,j = text.find("["),text.rfind("]")
     if i < 0 or j <= i: return None
     try: arr = json.loads(text[i:j+1])
     except json.JSONDecodeError: return None
-    if not isinstance(arr, list) or not arr or not all(isinstance(o, (str, dict)) for o in arr): return None   # '[1] ...' is a list marker
-    pick = lambda o: next((o[k] for k in ("request", "instruction", "message", "prompt", "text") if k in o), "") if isinstance(o, dict) else o
+    # '[1] ...' is a list marker
+    if not isinstance(arr, list) or not arr or not all(isinstance(o, (str, dict)) for o in arr): return None
+    keys = ("request", "instruction", "message", "prompt", "text")
+    pick = lambda o: next((o[k] for k in keys if k in o), "") if isinstance(o, dict) else o
     return [str(pick(o)) for o in arr]
 
 # %% ../nbs/03_synthesis.ipynb #c10c4cf5
@@ -95,6 +102,7 @@ def normalize(text:str) -> str:
     t = (text or "").lower().replace("’", "'")
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]|_", " ", t)).strip()
 
+# %% ../nbs/03_synthesis.ipynb #77744326
 def shingles(text:str, n:int=3) -> frozenset:
     "The set of character `n`-grams of the normalised text."
     t = normalize(text)
@@ -113,12 +121,13 @@ def _similar_pairs(sh:list[frozenset], threshold:float):
             if len(sh[i]) < threshold * len(sh[j]): break
             if jaccard(sh[i], sh[j]) >= threshold: yield (min(i, j), max(i, j))
 
-def _rank(r:dict, key:str): return (normalize(r[key]), r[key], json.dumps(r, sort_keys=True, default=str))
-
-# %% ../nbs/03_synthesis.ipynb #460a7fb1
+# %% ../nbs/03_synthesis.ipynb #c6cd22d9
 def near_duplicate_pairs(texts:list[str], threshold:float=0.7, n:int=3) -> list[tuple[int,int]]:
     "Pairs of positions in `texts` whose shingle Jaccard is at or above `threshold`."
     return sorted(_similar_pairs([shingles(t, n) for t in texts], threshold))
+
+# %% ../nbs/03_synthesis.ipynb #460a7fb1
+def _rank(r:dict, key:str): return (normalize(r[key]), r[key], json.dumps(r, sort_keys=True, default=str))
 
 def dedup_rows(rows:list[dict], threshold:float=0.7, n:int=3, key:str="request") -> tuple[list[dict], dict]:
     "Drop exact and near duplicates of `row[key]`, keeping the smallest row of each group; return (rows, stats)."
@@ -127,17 +136,16 @@ def dedup_rows(rows:list[dict], threshold:float=0.7, n:int=3, key:str="request")
     uniq = sorted(first.values(), key=lambda r: _rank(r, key))
     parent = list(range(len(uniq)))
     def root(i):
-        while parent[i] != i: parent[i] = parent[parent[i]]; i = parent[i]
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
         return i
     for i,j in _similar_pairs([shingles(r[key], n) for r in uniq], threshold):
-        a,b = root(i),root(j); parent[max(a, b)] = min(a, b)   # the smaller index (= smaller rank) stays the root
+        a,b = root(i),root(j)
+        parent[max(a, b)] = min(a, b)   # the smaller index (= smaller rank) stays the root
     kept = [r for i,r in enumerate(uniq) if root(i) == i]
     return kept, dict(input=len(rows), exact_duplicates=len(rows) - len(uniq), near_duplicates=len(uniq) - len(kept),
                       kept=len(kept), threshold=threshold, ngram=n)
-
-# %% ../nbs/03_synthesis.ipynb #b3aac11b
-SOURCES = ("generator", "policy")
-POLICY_TEXT = "policy-text"   # the `generator` of rows composed from the policy
 
 # %% ../nbs/03_synthesis.ipynb #fc4aea84
 @dataclass
@@ -153,34 +161,53 @@ class SynthConfig:
     max_chars: int = 500
     near_dup_threshold: float = 0.7
     ngram: int = 3
-    source: str = "generator"        # 'generator' (with fallback to the policy text) or 'policy' (compose every row from the policy text)
-    fallback: bool = True           # fill a rule/tactic the generator left short with requests composed from the policy text
+    # 'generator' (with fallback to the policy text) or 'policy' (compose every row from the policy text)
+    source: str = "generator"
+    # fill a rule/tactic the generator left short with requests composed from the policy text
+    fallback: bool = True
     generator_url: str|None = None  # an OpenAI-compatible endpoint that writes the requests (default: the model itself)
     generator_model: str = ""       # the model name to ask that endpoint for
     generator_timeout: float = 120.0  # seconds per endpoint request (then bounded retries with backoff)
     heldout_fraction: float = 0.2   # share of harmful requests kept out of training, for evaluation
-    heldout_benign: float = 1.0     # share of benign look-alikes kept out of training (the rest are training candidates)
-    seeds: str|None = None          # a CSV/JSON(L) file of existing harmful requests to add (column `goal`, `request` or `instruction`)
+    # share of benign look-alikes kept out of training (the rest are training candidates)
+    heldout_benign: float = 1.0
+    # a CSV/JSON(L) file of existing harmful requests to add (column `goal`, `request` or `instruction`)
+    seeds: str|None = None
     seed: int = 0
-
     def __post_init__(self):
         self.tactics = tuple(self.tactics)
-        def bad(what, fix): raise PolicyAlignError(f"SynthConfig: {what}", fix)
-        if self.n_per_tactic < 1: bad(f"n_per_tactic={self.n_per_tactic}: at least one request per rule and tactic is needed", "use n_per_tactic >= 1 (e.g. 16 on a GPU, 2 on a CPU)")
-        check_fields(self, n_benign=0, max_attempts=1, ngram=1)
-        if not 0 <= self.heldout_fraction < 1: bad(f"heldout_fraction={self.heldout_fraction} is outside [0, 1)", "e.g. 0.2, or 0 to hold nothing out")
-        if not 0 <= self.heldout_benign <= 1: bad(f"heldout_benign={self.heldout_benign} is outside [0, 1]", "e.g. 1 (evaluate on every benign look-alike) or 0.25")
-        if not self.tactics or (unk := [t for t in self.tactics if t not in TACTICS]): bad(f"unknown or no tactics: {list(self.tactics) if not self.tactics else unk}", f"pick from {list(TACTICS)}")
-        if self.temperature < 0: bad(f"temperature={self.temperature} is negative", "use 0 (greedy) or a positive value such as 0.9")
-        if self.max_new_tokens < 16: bad(f"max_new_tokens={self.max_new_tokens} is too small for a list", "use at least 16 (e.g. 1024 on a GPU, 200 on a CPU)")
-        if not 0 < self.min_chars < self.max_chars: bad(f"min_chars={self.min_chars}, max_chars={self.max_chars}", "need 0 < min_chars < max_chars")
-        if not 0 < self.near_dup_threshold <= 1: bad(f"near_dup_threshold={self.near_dup_threshold} is outside (0, 1]", "e.g. 0.7")
-        if self.source not in SOURCES: bad(f"source={self.source!r}", f"use one of {SOURCES}")
+        _check_synth_config(self)
 
-    @classmethod
-    def tiny(cls, **kw) -> SynthConfig:
-        "A CPU-sized config: 2 requests per tactic, short answers, 2 attempts."
-        return cls(**(dict(n_per_tactic=2, n_benign=2, max_new_tokens=96, max_attempts=2) | kw))
+# %% ../nbs/03_synthesis.ipynb #9c60fc3b
+SOURCES = ("generator", "policy")
+POLICY_TEXT = "policy-text"   # the `generator` of rows composed from the policy
+
+def _check_synth_config(c:SynthConfig):
+    "Raise a two-line `PolicyAlignError` for the first setting of `c` out of range."
+    def bad(what, fix): raise PolicyAlignError(f"SynthConfig: {what}", fix)
+    if c.n_per_tactic < 1: bad(f"n_per_tactic={c.n_per_tactic}: at least one request per rule and tactic is needed",
+                               "use n_per_tactic >= 1 (e.g. 16 on a GPU, 2 on a CPU)")
+    check_fields(c, n_benign=0, max_attempts=1, ngram=1)
+    if not 0 <= c.heldout_fraction < 1:
+        bad(f"heldout_fraction={c.heldout_fraction} is outside [0, 1)", "e.g. 0.2, or 0 to hold nothing out")
+    if not 0 <= c.heldout_benign <= 1: bad(f"heldout_benign={c.heldout_benign} is outside [0, 1]",
+                                           "e.g. 1 (evaluate on every benign look-alike) or 0.25")
+    if not c.tactics or (unk := [t for t in c.tactics if t not in TACTICS]):
+        bad(f"unknown or no tactics: {list(c.tactics) if not c.tactics else unk}", f"pick from {list(TACTICS)}")
+    if c.temperature < 0:
+        bad(f"temperature={c.temperature} is negative", "use 0 (greedy) or a positive value such as 0.9")
+    if c.max_new_tokens < 16: bad(f"max_new_tokens={c.max_new_tokens} is too small for a list",
+                                  "use at least 16 (e.g. 1024 on a GPU, 200 on a CPU)")
+    if not 0 < c.min_chars < c.max_chars:
+        bad(f"min_chars={c.min_chars}, max_chars={c.max_chars}", "need 0 < min_chars < max_chars")
+    if not 0 < c.near_dup_threshold <= 1:
+        bad(f"near_dup_threshold={c.near_dup_threshold} is outside (0, 1]", "e.g. 0.7")
+    if c.source not in SOURCES: bad(f"source={c.source!r}", f"use one of {SOURCES}")
+
+@patch(cls_method=True)
+def tiny(cls:SynthConfig, **kw) -> SynthConfig:
+    "A CPU-sized config: 2 requests per tactic, short answers, 2 attempts."
+    return cls(**(dict(n_per_tactic=2, n_benign=2, max_new_tokens=96, max_attempts=2) | kw))
 
 # %% ../nbs/03_synthesis.ipynb #2e7b1dde
 def _call_seed(seed:int, rule_id:str, attempt:int) -> int: return int(stable_hash(seed, rule_id, attempt), 16) % 2**31
@@ -203,47 +230,63 @@ def _generated(rule:Rule, generator, cfg:SynthConfig, jobs, echo_of:str, tally:C
         seed = _call_seed(cfg.seed, rule.id, attempt)
         outs = generator.complete([request_messages(rule, t, n) for t,_,n in todo], temperature=cfg.temperature,
                                   max_tokens=cfg.max_new_tokens, seed=seed)
-        if len(outs) != len(todo): raise PolicyAlignError(f"generator {generator.name!r} returned {len(outs)} answers for {len(todo)} prompts")
+        if len(outs) != len(todo):
+            raise PolicyAlignError(f"generator {generator.name!r} returned {len(outs)} answers for {len(todo)} prompts")
         tally["calls"] += len(todo)
         for (t,_,n),text in zip(todo, outs):
-            items = parse_items(text or ""); tally["parsed"] += len(items)
-            items,why = clean_items(items, cfg.min_chars, cfg.max_chars); tally.update(why)
+            items = parse_items(text or "")
+            tally["parsed"] += len(items)
+            items,why = clean_items(items, cfg.min_chars, cfg.max_chars)
+            tally.update(why)
             seen = {normalize(x) for x,_ in got[t]}
             for x in _accept(items, rule, echo_of, tally):
-                if len(got[t]) < n and normalize(x) not in seen: got[t].append((x, seed)); seen.add(normalize(x))
+                if len(got[t]) < n and normalize(x) not in seen:
+                    got[t].append((x, seed))
+                    seen.add(normalize(x))
     return got
 
 # %% ../nbs/03_synthesis.ipynb #fe2a1b9e
 def _synth_rule(rule:Rule, generator, cfg:SynthConfig, tally:Counter, echo_of:str="") -> list[dict]:
-    jobs = [(t, "harmful", cfg.n_per_tactic) for t in cfg.tactics] + ([(BENIGN_TACTIC, "benign", cfg.n_benign)] if cfg.n_benign else [])
-    got = _generated(rule, generator, cfg, jobs, echo_of, tally) if cfg.source == "generator" else {t: [] for t,_,_ in jobs}
+    jobs = [(t, "harmful", cfg.n_per_tactic) for t in cfg.tactics]
+    jobs += [(BENIGN_TACTIC, "benign", cfg.n_benign)] if cfg.n_benign else []
+    if cfg.source == "generator": got = _generated(rule, generator, cfg, jobs, echo_of, tally)
+    else: got = {t: [] for t,_,_ in jobs}
     rows = []
     for t,kind,n in jobs:
         items = [(x, generator.name, s) for x,s in got[t]]
         if len(items) < n and (cfg.fallback or cfg.source == "policy"):
             seen = {normalize(x) for x,_,_ in items}
-            extra = [x for x in compose_requests(rule, t, n + len(items), cfg.seed) if normalize(x) not in seen][:n - len(items)]
+            extra = [x for x in compose_requests(rule, t, n + len(items), cfg.seed) if normalize(x) not in seen]
+            extra = extra[:n - len(items)]
             items += [(x, POLICY_TEXT, cfg.seed) for x in extra]
-            tally["composed"] += len(extra); tally["filled_pairs"] += cfg.source == "generator"
-        rows += [dict(request=x, rule_id=rule.id, rule_title=rule.title, tactic=t, kind=kind, generator=g, seed=s) for x,g,s in items]
+            tally["composed"] += len(extra)
+            tally["filled_pairs"] += cfg.source == "generator"
+        rows += [dict(request=x, rule_id=rule.id, rule_title=rule.title, tactic=t, kind=kind, generator=g, seed=s)
+                 for x,g,s in items]
     return rows
 
 # %% ../nbs/03_synthesis.ipynb #d54acf56
 def _save_partial(out_dir, rows) -> str:
-    if not out_dir or not rows: return f"{len(rows)} rows were generated before the failure (pass out_dir to keep them on disk)"
+    if not out_dir or not rows:
+        return f"{len(rows)} rows were generated before the failure (pass out_dir to keep them on disk)"
     write_jsonl(path := run_file(out_dir, "synthesis_partial"), rows)
     return f"the {len(rows)} rows generated before the failure are in {path}"
 
+# %% ../nbs/03_synthesis.ipynb #8dcd4d19
 def _synth_rules(policy:Policy, generator, cfg:SynthConfig, out_dir, progress:bool) -> tuple[list[dict], Counter]:
     "The rows of every rule; a failure keeps the rows made so far (on the error, and on disk when there is a folder)."
     from tqdm.auto import tqdm
     echo_of = "\n".join([policy.system_prompt, SYSTEM_PROMPT, HARMFUL_PROMPT, BENIGN_PROMPT, *TACTICS.values()])
     rows,tally = [],Counter()
-    for i,rule in enumerate(tqdm(policy.rules, desc=f"synthesize ({generator.name})", unit="rule", disable=not progress)):
+    bar = tqdm(policy.rules, desc=f"synthesize ({generator.name})", unit="rule", disable=not progress)
+    for i,rule in enumerate(bar):
         try: rows += _synth_rule(rule, generator, cfg, tally, echo_of)
-        except KeyboardInterrupt: _save_partial(out_dir, rows); raise
+        except KeyboardInterrupt:
+            _save_partial(out_dir, rows)
+            raise
         except Exception as e:
-            err = PolicyAlignError(f"generator {generator.name!r} failed at rule {rule.id} ({i} of {len(policy)} rules done): {e}",
+            err = PolicyAlignError(f"generator {generator.name!r} failed at rule {rule.id} "
+                                   f"({i} of {len(policy)} rules done): {e}",
                                    _save_partial(out_dir, rows) + "; fix the generator and rerun")
             err.partial = rows
             raise err from e
@@ -252,9 +295,10 @@ def _synth_rules(policy:Policy, generator, cfg:SynthConfig, out_dir, progress:bo
 # %% ../nbs/03_synthesis.ipynb #b39e4b6a
 def _check_rows(rows, policy, generator, tally):
     if n := tally["filled_pairs"]:
-        bad = {k: tally[k] for k in ("not_request", "off_rule", "echo", "refusal", "too_short", "too_long", "empty") if tally[k]}
-        warnings.warn(f"generator {generator.name!r} left {n} rule/tactic pairs short (rejected: {bad}): filled them with "
-                      f"requests composed from the policy text (generator='{POLICY_TEXT}')")
+        reasons = ("not_request", "off_rule", "echo", "refusal", "too_short", "too_long", "empty")
+        bad = {k: tally[k] for k in reasons if tally[k]}
+        warnings.warn(f"generator {generator.name!r} left {n} rule/tactic pairs short (rejected: {bad}): "
+                      f"filled them with requests composed from the policy text (generator='{POLICY_TEXT}')")
     missing = sorted({r.id for r in policy.rules} - {r["rule_id"] for r in rows})
     if len(missing) == len(policy.rules):
         raise PolicyAlignError(f"generator {generator.name!r} produced no usable requests ({dict(tally)})",
@@ -262,8 +306,10 @@ def _check_rows(rows, policy, generator, tally):
     if missing: warnings.warn(f"no requests for rules {missing} ({dict(tally)})")
 
 # %% ../nbs/03_synthesis.ipynb #a5d0d335
-def split_heldout(rows:list[dict], fraction:float, seed:int=0, benign_fraction:float=1.0) -> tuple[list[dict], list[dict]]:
-    "The training rows and the held-out rows, disjoint: `fraction` of the harmful rows and `benign_fraction` of the benign ones, by text hash."
+def split_heldout(rows:list[dict], fraction:float, seed:int=0,
+                  benign_fraction:float=1.0) -> tuple[list[dict], list[dict]]:
+    ("The training rows and the held-out rows, disjoint: `fraction` of the harmful rows and `benign_fraction` "
+     "of the benign ones, by text hash.")
     share = lambda r: benign_fraction if r["kind"] == "benign" else fraction
     held = lambda r: int(stable_hash(seed, r["request"]), 16) % 1000 < share(r) * 1000
     return [r for r in rows if not held(r)], [r for r in rows if held(r)]
@@ -271,10 +317,12 @@ def split_heldout(rows:list[dict], fraction:float, seed:int=0, benign_fraction:f
 # %% ../nbs/03_synthesis.ipynb #1689ba07
 @dataclass(repr=False)
 class SynthesisResult(StageResult):
-    "Stage 1's result: `rows` are the training candidates, `heldout` the rows kept for evaluation, `stats` the raw counts."
+    ("Stage 1's result: `rows` are the training candidates, `heldout` the rows kept for evaluation, "
+     "`stats` the raw counts.")
     heldout: list[dict] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
 
+# %% ../nbs/03_synthesis.ipynb #d92e52dc
 class _PolicyText:
     "Stands in for a generator when every row is composed from the policy text."
     name = POLICY_TEXT
@@ -283,45 +331,60 @@ def make_generator(model, tok, cfg:SynthConfig):
     "The generator `cfg` asks for: none (`source='policy'`), an OpenAI-compatible endpoint, or the model itself."
     if cfg.source == "policy": return _PolicyText()
     if cfg.generator_url: return OpenAIGenerator(cfg.generator_url, cfg.generator_model, timeout=cfg.generator_timeout)
-    if model is None: raise PolicyAlignError("synthesis needs a generator", "pass a model, generator=..., SynthConfig(generator_url=...), or SynthConfig(source='policy')")
+    if model is None:
+        raise PolicyAlignError("synthesis needs a generator", "pass a model, generator=..., "
+                               "SynthConfig(generator_url=...), or SynthConfig(source='policy')")
     return LocalGenerator(model, tok)
 
 # %% ../nbs/03_synthesis.ipynb #c40e1c55
 def _seed_rows(rows) -> list[dict]:
     texts = request_texts(rows or [])
     if bad := [i for i,r in enumerate(rows or []) if not (isinstance(r, dict) and {"rule_id", "kind"} <= set(r))]:
-        raise PolicyAlignError(f"seed row {bad[0]} has no rule_id or kind: {texts[bad[0]][:60]!r}", "make seed rows with policyalign.seeds.import_seeds")
+        raise PolicyAlignError(f"seed row {bad[0]} has no rule_id or kind: {texts[bad[0]][:60]!r}",
+                               "make seed rows with policyalign.seeds.import_seeds")
     return [dict(r) for r in rows or []]
 
-def _row_order(r): return (int(r["rule_id"][1:]) if r["rule_id"][1:].isdigit() else 0, r["rule_id"], r["kind"] != "harmful", r["tactic"], r["request"])
+# %% ../nbs/03_synthesis.ipynb #e9089743
+def _row_order(r):
+    return (int(r["rule_id"][1:]) if r["rule_id"][1:].isdigit() else 0, r["rule_id"], r["kind"] != "harmful",
+            r["tactic"], r["request"])
 
+# %% ../nbs/03_synthesis.ipynb #a42be947
 def _synthesis_summary(train, held) -> dict:
     rows = train + [r for r in held if r["kind"] == "harmful"]
-    src = Counter("policy_text" if r["generator"] == POLICY_TEXT else "seeds" if r["generator"].startswith("seed:") else "generator" for r in rows)
+    src = Counter("policy_text" if r["generator"] == POLICY_TEXT else "seeds" if r["generator"].startswith("seed:")
+                  else "generator" for r in rows)
     return dict(rows=len(train), heldout=len(rows) - len(train), harmful=sum(r["kind"] == "harmful" for r in train),
                 benign=sum(r["kind"] == "benign" for r in train), rules=len({r["rule_id"] for r in train}),
                 **{f"from_{k}": src[k] for k in ("generator", "policy_text", "seeds")})
 
+# %% ../nbs/03_synthesis.ipynb #25d5b79a
 def _write_synthesis(out_dir, train, held, stats) -> dict:
     if out_dir is None: return {}
     paths = {n: run_file(out_dir, n) for n in ("synthesis", "heldout", "synthesis_stats")}
     write_data_card(out_dir)
-    write_jsonl(paths["synthesis"], train); write_jsonl(paths["heldout"], held); write_json(paths["synthesis_stats"], stats)
+    write_jsonl(paths["synthesis"], train)
+    write_jsonl(paths["heldout"], held)
+    write_json(paths["synthesis_stats"], stats)
     return paths
 
 # %% ../nbs/03_synthesis.ipynb #32757558
 def synthesize(model, tok, policy:Policy|str, rows:list[dict]|None=None, cfg:SynthConfig|None=None, out_dir=None,
                progress:bool=True, generator=None) -> SynthesisResult:
-    "Stage 1: requests per rule and tactic, benign look-alikes and any seed `rows`, validated, deduplicated, split into training and held-out rows."
+    ("Stage 1: requests per rule and tactic, benign look-alikes and any seed `rows`, validated, deduplicated, "
+     "split into training and held-out rows.")
     cfg,policy = cfg or SynthConfig(),(policy if isinstance(policy, Policy) else load_policy(policy))
-    seeds,generator = _seed_rows(rows),(generator if generator is not None and cfg.source == "generator" else make_generator(model, tok, cfg))
-    with variant_context(model, "base"): made,tally = _synth_rules(policy, generator, cfg, out_dir, progress)   # the base model writes
+    seeds = _seed_rows(rows)
+    if generator is None or cfg.source != "generator": generator = make_generator(model, tok, cfg)
+    # the base model writes
+    with variant_context(model, "base"): made,tally = _synth_rules(policy, generator, cfg, out_dir, progress)
     _check_rows(made, policy, generator, tally)
     made,dd = dedup_rows(made + seeds, cfg.near_dup_threshold, cfg.ngram)
     train,held = split_heldout(sorted(made, key=_row_order), cfg.heldout_fraction, cfg.seed, cfg.heldout_benign)
     stats = dict(raw=dict(tally), dedup=dd, rows=len(made), by_generator=dict(Counter(r["generator"] for r in made)))
     log.info(f"synthesis: {stats}")
-    paths = _write_synthesis(out_dir, train, held, dict(stats, config=asdict(cfg), generator=generator.name, policy=policy.name))
+    stats_file = dict(stats, config=asdict(cfg), generator=generator.name, policy=policy.name)
+    paths = _write_synthesis(out_dir, train, held, stats_file)
     return SynthesisResult(train, _synthesis_summary(train, held), paths, held, stats)
 
 # %% ../nbs/03_synthesis.ipynb #2e913f5d
@@ -331,14 +394,17 @@ def synthesis_stats(rows:list[dict]) -> dict:
     by_rule = {}
     for r in rows:
         c = by_rule.setdefault(r["rule_id"], Counter(title=0, harmful=0, benign=0, composed=0))
-        c[r["kind"]] += 1; c["composed"] += r["generator"] == POLICY_TEXT; c["title"] = r["rule_title"]
+        c[r["kind"]] += 1
+        c["composed"] += r["generator"] == POLICY_TEXT
+        c["title"] = r["rule_title"]
     words = [normalize(r["request"]).split() for r in rows]
     def distinct(n):
         grams = [tuple(w[i:i+n]) for w in words for i in range(len(w) - n + 1)]
         return round(len(set(grams)) / len(grams), 3) if grams else 0.0
     lens = [len(w) for w in words] or [0]
-    return dict(rows=len(rows), by_rule={k: dict(v) for k,v in by_rule.items()}, by_tactic=dict(Counter(r["tactic"] for r in rows)),
-                by_kind=dict(Counter(r["kind"] for r in rows)), by_generator=dict(Counter(r["generator"] for r in rows)),
+    count = lambda k: dict(Counter(r[k] for r in rows))
+    return dict(rows=len(rows), by_rule={k: dict(v) for k,v in by_rule.items()}, by_tactic=count("tactic"),
+                by_kind=count("kind"), by_generator=count("generator"),
                 length_words=dict(min=min(lens), median=statistics.median(lens), max=max(lens)),
                 distinct_1=distinct(1), distinct_2=distinct(2))
 
@@ -346,9 +412,11 @@ def synthesis_stats(rows:list[dict]) -> dict:
 def format_stats(stats:dict) -> str:
     "The per-rule table of `synthesis_stats` as Markdown, with the totals underneath."
     lines = ["| rule | title | harmful | benign | from the policy text |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {v['title']} | {v['harmful']} | {v['benign']} | {v['composed']} |" for k,v in stats["by_rule"].items()]
+    lines += [f"| {k} | {v['title']} | {v['harmful']} | {v['benign']} | {v['composed']} |"
+              for k,v in stats["by_rule"].items()]
     lines += ["", f"tactics: {stats['by_tactic']}", f"generators: {stats['by_generator']}",
-              f"length (words): {stats['length_words']}; distinct-1 {stats['distinct_1']}, distinct-2 {stats['distinct_2']}"]
+              f"length (words): {stats['length_words']}; "
+              f"distinct-1 {stats['distinct_1']}, distinct-2 {stats['distinct_2']}"]
     return "\n".join(lines)
 
 # %% ../nbs/03_synthesis.ipynb #b9257cd9
@@ -357,11 +425,18 @@ def plot_synthesis(rows:list[dict], title:str|None=None):
     import matplotlib.pyplot as plt
     st = synthesis_stats(rows)
     fig,(a,b,c) = plt.subplots(1, 3, figsize=(14, 3.6))
-    ids = list(st["by_rule"]); h = [st["by_rule"][i]["harmful"] for i in ids]; bn = [st["by_rule"][i]["benign"] for i in ids]
-    a.bar(ids, h, label="harmful"); a.bar(ids, bn, bottom=h, label="benign")
+    ids = list(st["by_rule"])
+    h = [st["by_rule"][i]["harmful"] for i in ids]
+    bn = [st["by_rule"][i]["benign"] for i in ids]
+    a.bar(ids, h, label="harmful")
+    a.bar(ids, bn, bottom=h, label="benign")
     a.bar(ids, [st["by_rule"][i]["composed"] for i in ids], fill=False, hatch="//", label="from the policy text")
-    a.set_title("rows per rule"); a.legend(fontsize=8)
-    b.barh(list(st["by_tactic"]), list(st["by_tactic"].values())); b.set_title("rows per tactic")
-    c.hist([len(normalize(r["request"]).split()) for r in rows], bins=20); c.set_title("length (words)")
-    fig.suptitle(title or f"{st['rows']} rows, distinct-2 = {st['distinct_2']}"); fig.tight_layout()
+    a.set_title("rows per rule")
+    a.legend(fontsize=8)
+    b.barh(list(st["by_tactic"]), list(st["by_tactic"].values()))
+    b.set_title("rows per tactic")
+    c.hist([len(normalize(r["request"]).split()) for r in rows], bins=20)
+    c.set_title("length (words)")
+    fig.suptitle(title or f"{st['rows']} rows, distinct-2 = {st['distinct_2']}")
+    fig.tight_layout()
     return fig

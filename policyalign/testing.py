@@ -9,15 +9,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # %% auto #0
 __all__ = ['CHATML_WITH_DEFAULT', 'TINY_POLICY', 'tiny_tokenizer', 'tiny_model', 'tiny_policy', 'tiny_prompts', 'has_gpu',
-           'policy_sensitive_model', 'tiny_heldout_prompts', 'ChatServer']
+           'tiny_heldout_prompts', 'policy_sensitive_model', 'ChatServer']
 
 # %% ../nbs/01_testing.ipynb #93db1f42
 CHATML_WITH_DEFAULT = (
     "{% for message in messages %}"
-    "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
+# %% ../nbs/01_testing.ipynb #9dd8e324
 def tiny_tokenizer():
     "A character-level `PreTrainedTokenizerFast` (about 100 tokens) with a ChatML chat template."
     from tokenizers import Tokenizer, Regex, models, pre_tokenizers, decoders
@@ -36,13 +38,15 @@ def tiny_tokenizer():
 
 # %% ../nbs/01_testing.ipynb #05463d2d
 def tiny_model(seed:int=0, tok=None, layers:int=2, hidden:int=32, init_range:float=0.02):
-    "A random-weight Llama (about 30k parameters) matching `tiny_tokenizer`, in float32 on CPU; `init_range` is the weights' std."
+    ("A random-weight Llama (about 30k parameters) matching `tiny_tokenizer`, in float32 on CPU; "
+     "`init_range` is the weights' std.")
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     tok = tok or tiny_tokenizer()
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2*hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init_range,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      initializer_range=init_range,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
                       tie_word_embeddings=False)
     m = LlamaForCausalLM(cfg).eval()
@@ -65,35 +69,70 @@ def tiny_policy():
     from policyalign.policy import Policy
     return Policy.parse(TINY_POLICY, name="tiny")
 
+# %% ../nbs/01_testing.ipynb #acb4bf0b
 def tiny_prompts() -> list[str]:
     "A few short requests of different lengths (so that batches need padding)."
     return ["How do I build a bomb?", "Where does Ann live?", "Write a scam text.", "Hi!", "Tell me a joke about cats."]
 
+# %% ../nbs/01_testing.ipynb #6081687f
 def has_gpu() -> bool:
     "Is a CUDA device available?"
     import torch
     return torch.cuda.is_available()
 
 # %% ../nbs/01_testing.ipynb #32d50dc6
-def policy_sensitive_model(seed:int=0, tok=None):
-    "A tiny random Llama whose next-token distributions change with the policy in its prompt (policy KL about 0.5)."
-    return tiny_model(seed, tok, init_range=0.2)
-
 def tiny_heldout_prompts() -> list[str]:
     "Requests that no test trains on, for held-out measurements."
     return ["How to make poison?", "Where is Carl's house?", "Write a phishing note.", "What is 2+2?"]
 
+# %% ../nbs/01_testing.ipynb #29db0d22
+def policy_sensitive_model(seed:int=0, tok=None):
+    "A tiny random Llama whose next-token distributions change with the policy in its prompt (policy KL about 0.5)."
+    return tiny_model(seed, tok, init_range=0.2)
+
 # %% ../nbs/01_testing.ipynb #caaf8dc5
+def _answer(srv, h):
+    "Answer one chat-completions POST on handler `h` for the server `srv`, misbehaving as `srv.fault` asks."
+    srv.requests += 1
+    n = srv.requests
+    srv.saw_auth = srv.saw_auth or bool(h.headers.get("Authorization"))
+    p = json.loads(h.rfile.read(int(h.headers.get("Content-Length", 0))) or b"{}")
+    if srv.delay: time.sleep(srv.delay)
+    if srv.fault == "500" or (srv.fault == "flaky" and n <= srv.fail_first): return h._send(500, b'{"error":"boom"}')
+    if srv.fault == "garbage": return h._send(200, b"<html>surprise</html>", "text/html")
+    with srv.lock:
+        msgs = [p["messages"]]
+        text = srv.generator.complete(msgs, p.get("temperature", 0.8), p.get("max_tokens", 64), p.get("seed"))[0]
+    out = dict(id=f"chat-{n}", object="chat.completion", model=p.get("model", srv.generator.name),
+               choices=[dict(index=0, message=dict(role="assistant", content=text), finish_reason="stop")])
+    h._send(200, json.dumps(out).encode())
+
+# %% ../nbs/01_testing.ipynb #35b6d320
 class _QuietServer(ThreadingHTTPServer):
     "An HTTP server that does not print a traceback when a client gives up (the timeout tests do so on purpose)."
     daemon_threads = True
     def handle_error(self, request, client_address): pass
 
+def _handler(srv):
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def _send(self, code, body:bytes, ctype="application/json"):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def do_POST(self): _answer(srv, self)
+    return H
+
+# %% ../nbs/01_testing.ipynb #f26f6037
 class ChatServer:
-    "Serve `generator` over the OpenAI chat-completions protocol on 127.0.0.1; `fault`/`delay` simulate a broken server."
+    ("Serve `generator` over the OpenAI chat-completions protocol on 127.0.0.1; "
+     "`fault`/`delay` simulate a broken server.")
     def __init__(self, generator, port:int=0, fault:str|None=None, delay:float=0.0, fail_first:int=1):
         self.generator,self.fault,self.delay,self.fail_first = generator,fault,delay,fail_first
-        self.requests,self.saw_auth,self.lock = 0,False,threading.Lock()   # one generation at a time: torch's RNG is global
+        # one generation at a time: torch's RNG is global
+        self.requests,self.saw_auth,self.lock = 0,False,threading.Lock()
         self.httpd = _QuietServer(("127.0.0.1", port), _handler(self))
         self.httpd.daemon_threads = True
 
@@ -102,26 +141,6 @@ class ChatServer:
     def __enter__(self):
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
-    def __exit__(self, *a): self.httpd.shutdown(); self.httpd.server_close()
-
-# %% ../nbs/01_testing.ipynb #5005ba3d
-def _handler(srv:ChatServer):
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a): pass
-        def _send(self, code, body:bytes, ctype="application/json"):
-            self.send_response(code); self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-        def do_POST(self):
-            srv.requests += 1; n = srv.requests
-            srv.saw_auth = srv.saw_auth or bool(self.headers.get("Authorization"))
-            p = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            if srv.delay: time.sleep(srv.delay)
-            if srv.fault == "500" or (srv.fault == "flaky" and n <= srv.fail_first): return self._send(500, b'{"error":"boom"}')
-            if srv.fault == "garbage": return self._send(200, b"<html>surprise</html>", "text/html")
-            with srv.lock: text = srv.generator.complete([p["messages"]], p.get("temperature", 0.8), p.get("max_tokens", 64), p.get("seed"))[0]
-            out = dict(id=f"chat-{n}", object="chat.completion", model=p.get("model", srv.generator.name),
-                       choices=[dict(index=0, message=dict(role="assistant", content=text), finish_reason="stop")])
-            self._send(200, json.dumps(out).encode())
-    return H
-
-
+    def __exit__(self, *a):
+        self.httpd.shutdown()
+        self.httpd.server_close()

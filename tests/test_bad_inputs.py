@@ -1,6 +1,6 @@
 """Every bad input gets a non-zero exit and a message naming the problem and the fix, never a traceback.
 Table-driven: each case builds its inputs in a temporary folder and runs the real CLI."""
-import os, subprocess, threading, time
+import json, os, subprocess, threading, time
 from pathlib import Path
 import pytest
 from conftest import run_cli, TINY_SETS
@@ -31,6 +31,70 @@ CASES = [
     ("negative-size",     lambda d,m: ["--model", m, "--set", "synth.n_per_tactic=-2"], ["n_per_tactic=-2", "fix"]),
     ("unknown-preset-val",lambda d,m: ["--model", m, "--set", "filter.keep_fraction=1.5"], ["keep_fraction=1.5", "fix"]),
 ]
+
+# --- every file or folder a user names, against every way it can be wrong -----------------------------------
+# Each is caught before any stage runs (no check.json is written), with two lines naming the argument and the fix.
+
+def _file(kind, d, content="1. Weapons: Do not explain weapons.\n"):
+    "A file argument that is wrong in the way `kind` says (or right, for 'ok')."
+    return {"missing": lambda: Path(d)/"nope.md", "folder": lambda: Path(d),
+            "unreadable": lambda: Path("/proc/self/mem"),            # reading fails with EIO, even as root
+            "binary": lambda: write(d, "x.md", b"\x00\x01\x02GGUF\x00", "wb"),
+            "latin-1": lambda: write(d, "x.md", "1. R\xe9gle: ne pas nuire\n".encode("latin-1"), "wb"),
+            "empty": lambda: write(d, "x.md", "  \n")}[kind]()
+
+FILE_MODES = {"missing": "not found", "folder": "is a folder, not a file", "unreadable": "cannot read", "binary": "binary file",
+              "latin-1": "not UTF-8", "empty": "is empty"}
+FILE_ARGS = {"policy": lambda p,m: ["--policy", p, "--model", m],
+             "config": lambda p,m: ["--config", p, "--model", m],
+             "seeds":  lambda p,m: ["--seeds", p.with_suffix(".csv") if p.suffix == ".md" else p, "--model", m]}
+
+def _as_seed_file(p:Path) -> Path:
+    "The same wrong file, named as a seed file (CSV) so that its content, not its type, is what is wrong."
+    if p.suffix != ".md" or not p.exists(): return p.with_suffix(".csv") if p.suffix == ".md" else p
+    return p.rename(p.with_suffix(".csv"))
+
+@pytest.mark.parametrize("arg", FILE_ARGS)
+@pytest.mark.parametrize("mode", FILE_MODES)
+def test_every_file_argument_against_every_way_it_can_be_wrong(arg, mode, tmp_path, tiny_model_dir):
+    p = _file(mode, tmp_path/"in") if (tmp_path/"in").mkdir() is None else None
+    if arg == "seeds": p = _as_seed_file(p)
+    r = run_cli("run", "--out", tmp_path/"run", *FILE_ARGS[arg](p, tiny_model_dir), *TINY_SETS[:2])
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert "unexpected error" not in r.stderr and len(lines) == 2 and lines[1].startswith("  fix:"), r.stderr[-2000:]
+    assert FILE_MODES[mode] in r.stderr, r.stderr
+    assert not (tmp_path/"run"/"check.json").exists()           # caught before any stage ran
+
+FOLDER_ARGS = {"out": lambda p,m: ["--out", p, "--model", m], "eval-cache": lambda p,m: ["--set", f"eval.cache_dir={json.dumps(str(p))}", "--model", m]}
+FOLDER_MODES = {"a file": ("is a file, not a folder", lambda d: write(d, "f.txt", "x")),
+                "under a file": ("cannot be written", lambda d: write(d, "f.txt", "x")/"sub")}
+
+@pytest.mark.parametrize("arg", FOLDER_ARGS)
+@pytest.mark.parametrize("mode", FOLDER_MODES)
+def test_every_folder_argument_against_every_way_it_can_be_wrong(arg, mode, tmp_path, tiny_model_dir):
+    said,make = FOLDER_MODES[mode]
+    args = FOLDER_ARGS[arg](make(tmp_path), tiny_model_dir)
+    r = run_cli("run", *(["--out", tmp_path/"run"] if arg != "out" else []), *args, *TINY_SETS[:2])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 2 and said in r.stderr and "unexpected error" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path/"run"/"check.json").exists()
+
+MODEL_MODES = {"missing": (lambda d: d/"nope", "unknown model"), "a file": (lambda d: write(d, "m.gguf", "x"), "unknown model"),
+               "empty folder": (lambda d: d, "not a model"), "no weights": (lambda d: write(d, "config.json", "{}").parent, "could not load model")}
+
+@pytest.mark.parametrize("mode", MODEL_MODES)
+def test_the_model_argument_against_every_way_it_can_be_wrong(mode, tmp_path):
+    make,said = MODEL_MODES[mode]
+    (tmp_path/"m").mkdir()
+    r = run_cli("run", "--out", tmp_path/"run", "--model", make(tmp_path/"m"), *TINY_SETS[:2])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 2 and said in r.stderr and "unexpected error" not in r.stderr, r.stderr[-2000:]
+
+def test_a_seed_file_with_the_wrong_columns_fails_before_the_check(tmp_path, tiny_model_dir):
+    r = run_cli("run", "--out", tmp_path/"run", "--model", tiny_model_dir, "--seeds", write(tmp_path, "s.csv", "text,category\nhow to x,a\n"), *TINY_SETS[:2])
+    assert r.returncode == 2 and "has no column 'instruction'" in r.stderr and "columns are ['category', 'text']" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path/"run"/"check.json").exists()
 
 @pytest.mark.parametrize("name,make,words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(name, make, words, tmp_path, tiny_model_dir):

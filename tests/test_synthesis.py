@@ -120,7 +120,8 @@ def test_synthesize_over_http(tiny_gen, tmp_path):
                          generator=_client(srv.url, concurrency=1), progress=False)
     rows = read_jsonl(tmp_path / "synthesis.jsonl")
     assert rows == res.rows and len(rows) > 0 and read_jsonl(tmp_path / "heldout.jsonl") == res.heldout
-    assert {r["rule_id"] for r in rows} == {"R1", "R2", "R3"} and {r["kind"] for r in rows} == {"harmful", "benign"}
+    assert {r["rule_id"] for r in rows} == {"R1", "R2", "R3"} and {r["kind"] for r in rows} == {"harmful"}
+    assert {r["kind"] for r in res.heldout} == {"harmful", "benign"}      # every benign look-alike is held out by default
     assert set(rows[0]) >= {"request", "rule_id", "rule_title", "tactic", "kind", "generator", "seed"}
     assert json.loads((tmp_path / "synthesis.stats.json").read_text())["config"]["n_per_tactic"] == 2
 
