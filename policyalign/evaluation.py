@@ -7,12 +7,16 @@ from __future__ import annotations
 import contextlib, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from .core import Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, check_folder, get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_json, write_jsonl
+from fastcore.basics import patch
+from .core import (Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, check_folder,
+                              get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_json,
+                              write_jsonl)
 from .policy import Policy, Prompter
 from .suites import *
 from .judges import *
 from .refusal import answer_kind
-from .models import autocast, eval_mode, fingerprint, generate, model_name, left_pad, local_device, resolve_precision, torch_dtype
+from .models import (autocast, eval_mode, fingerprint, generate, model_name, left_pad, local_device,
+                                resolve_precision, torch_dtype)
 from .stats import mean_ci, paired_gap, rate, ratio_ci
 from .synthesis import normalize
 from .measure import VARIANTS, policy_kl, prescribed_logprob, score_answers, teacher_answers, variant_context
@@ -37,8 +41,10 @@ def base_fingerprint(model) -> str:
         h = [f"{n}:{tuple(p.shape)}:{float(p.float().sum()):.6e}" for n,p in frozen[:2] + frozen[-2:]]
     return stable_hash(name, len(frozen), *h)
 
+# %% ../nbs/07_evaluation.ipynb #1e9ad24b
 def variant_fingerprint(model, variant:str) -> str:
-    "The fingerprint that keys a variant's cached answers: the base weights when the adapter is off, adapter included when on."
+    ("The fingerprint that keys a variant's cached answers: the base weights when the adapter is off, adapter "
+     "included when on.")
     return fingerprint(model) if VARIANTS[variant]["adapter"] else base_fingerprint(model)
 
 # %% ../nbs/07_evaluation.ipynb #20749451
@@ -48,6 +54,7 @@ def request_seeds(requests:list[str], seed:int=0) -> list[int]:
     "One sampling seed per request, from its text and `seed`: the same whatever the batch, the variant or the rerun."
     return [int(stable_hash("sample", seed, r), 16) % 2**31 for r in requests]
 
+# %% ../nbs/07_evaluation.ipynb #efe2d5e0
 def _decoding(decoding:str, temperature:float, seed:int) -> dict:
     "The generation settings of a decoding, which also key its cached answers."
     if decoding not in DECODINGS: raise PolicyAlignError(f"unknown decoding {decoding!r}", f"use one of {DECODINGS}")
@@ -55,9 +62,10 @@ def _decoding(decoding:str, temperature:float, seed:int) -> dict:
 
 # %% ../nbs/07_evaluation.ipynb #3b00cf41
 def answer(model, tok, policy:Policy, requests:list[str], variant:str, max_new_tokens:int=512, batch_size:int=16,
-           cache:JsonlCache|None=None, fp:str|None=None, progress:bool=False, decoding:str="greedy", temperature:float=1.0,
-           seed:int=0) -> list[str]:
-    "Answers of `variant` to `requests`, greedy or sampled at `temperature` (one seed per request), generating only those not in `cache`."
+           cache:JsonlCache|None=None, fp:str|None=None, progress:bool=False, decoding:str="greedy",
+           temperature:float=1.0, seed:int=0) -> list[str]:
+    ("Answers of `variant` to `requests`, greedy or sampled at `temperature` (one seed per request), generating only "
+     "those not in `cache`.")
     ctx = variant_context(model, variant)   # checks the variant before any work
     pr,with_policy = Prompter(tok, policy),VARIANTS[variant]["policy"]
     settings = dict(max_new_tokens=max_new_tokens, **_decoding(decoding, temperature, seed))
@@ -82,11 +90,13 @@ def mc_prompt(item:dict) -> str:
 
 # %% ../nbs/07_evaluation.ipynb #1588a48c
 def choice_correct(model, tok, policy:Policy, items:list[dict], variant:str, batch_size:int=16) -> list[bool]:
-    "For each MMLU item: does the variant's most likely first answer token among A-D match the key? (The head runs on the last position only.)"
+    ("For each MMLU item: does the variant's most likely first answer token among A-D match the key? (The head runs "
+     "on the last position only.)")
     import torch
     letters = [tok(l, add_special_tokens=False)["input_ids"] for l in "ABCD"]
     if any(len(l) != 1 for l in letters) or len({l[0] for l in letters}) < 4:
-        raise PolicyAlignError("the tokenizer does not encode A, B, C, D as four single tokens", "leave mmlu out of the suites for this model")
+        raise PolicyAlignError("the tokenizer does not encode A, B, C, D as four single tokens",
+                               "leave mmlu out of the suites for this model")
     letters = [l[0] for l in letters]
     pr,out = Prompter(tok, policy),[]
     dev = next(model.parameters()).device
@@ -135,41 +145,62 @@ class EvalConfig:
     def __post_init__(self):
         self.variants,self.decodings = tuple(self.variants),tuple(self.decodings)
         self.suites,self.judges = tuple(self.suites),tuple(self.judges)
-        if not self.variants or set(self.variants) - set(VARIANTS):
-            raise PolicyAlignError(f"variants={self.variants}", f"use a non-empty subset of {list(VARIANTS)}")
-        if not self.decodings or set(self.decodings) - set(DECODINGS):
-            raise PolicyAlignError(f"decodings={self.decodings}", f"use a non-empty subset of {list(DECODINGS)}")
-        if self.temperature <= 0: raise PolicyAlignError(f"temperature={self.temperature}", "sampled answers need a positive temperature, e.g. 1.0")
-        if bad := [s for s in self.suites if s not in SUITES]: raise PolicyAlignError(f"unknown suites {bad}", f"use names from {list(SUITES)}")
-        if bad := [j for j in self.judges if j not in ("refusal", "guard")]:
-            raise PolicyAlignError(f"unknown judges {bad}", "use 'refusal' and/or 'guard' here; pass PolicyJudge objects to evaluate(judges=...)")
-        check_fields(self, mmlu_limit=0, gsm8k_limit=0, limit=1, max_new_tokens=1, batch_size=1, mechanism_limit=0, mechanism_tokens=1,
-                     mechanism_samples=1, n_boot=100)
+        _check_eval_config(self)
 
-    @classmethod
-    def tiny(cls, **kw):
-        "CPU-sized: base and oracle variants, 16 XSTest-safe and 16 StrongREJECT prompts, 20 MMLU questions, 48 new tokens."
-        return cls(**dict(dict(variants=("base", "oracle"), suites=("xstest-safe", "strongreject", "mmlu"), limit=16, mmlu_limit=20,
-                               max_new_tokens=48, batch_size=8, judges=("refusal",), domain_suites=False), **kw))
+# %% ../nbs/07_evaluation.ipynb #9bbae27c
+def _check_eval_config(c:EvalConfig):
+    "Raise a two-line `PolicyAlignError` for the first setting of `c` out of range."
+    if not c.variants or set(c.variants) - set(VARIANTS):
+        raise PolicyAlignError(f"variants={c.variants}", f"use a non-empty subset of {list(VARIANTS)}")
+    if not c.decodings or set(c.decodings) - set(DECODINGS):
+        raise PolicyAlignError(f"decodings={c.decodings}", f"use a non-empty subset of {list(DECODINGS)}")
+    if c.temperature <= 0:
+        raise PolicyAlignError(f"temperature={c.temperature}", "sampled answers need a positive temperature, e.g. 1.0")
+    if bad := [s for s in c.suites if s not in SUITES]:
+        raise PolicyAlignError(f"unknown suites {bad}", f"use names from {list(SUITES)}")
+    if bad := [j for j in c.judges if j not in ("refusal", "guard")]:
+        raise PolicyAlignError(f"unknown judges {bad}",
+                               "use 'refusal' and/or 'guard' here; pass PolicyJudge objects to evaluate(judges=...)")
+    check_fields(c, mmlu_limit=0, gsm8k_limit=0, limit=1, max_new_tokens=1, batch_size=1, mechanism_limit=0,
+                 mechanism_tokens=1, mechanism_samples=1, n_boot=100)
+
+# %% ../nbs/07_evaluation.ipynb #03462603
+@patch(cls_method=True)
+def tiny(cls:EvalConfig, **kw):
+    ("CPU-sized: base and oracle variants, 16 XSTest-safe and 16 StrongREJECT prompts, 20 MMLU questions, 48 new "
+     "tokens.")
+    return cls(**dict(dict(variants=("base", "oracle"), suites=("xstest-safe", "strongreject", "mmlu"), limit=16,
+                           mmlu_limit=20, max_new_tokens=48, batch_size=8, judges=("refusal",), domain_suites=False),
+                      **kw))
 
 # %% ../nbs/07_evaluation.ipynb #62c40362
 def held_out(suite:Suite, seen:set[str], limit:int|None=None, seed:int=0) -> Suite|None:
-    "Up to `limit` items of `suite` whose request (normalised) is not in `seen`, the requests earlier stages saw; None when none is left."
+    ("Up to `limit` items of `suite` whose request (normalised) is not in `seen`, the requests earlier stages saw; "
+     "None when none is left.")
     items = [it for it in suite.items if normalize(it["request"]) not in seen]
-    if not items: log.warning(f"skipping {suite.name}: an earlier stage saw every one of its items"); return None
+    if not items:
+        log.warning(f"skipping {suite.name}: an earlier stage saw every one of its items")
+        return None
     return Suite(suite.name, suite.kind, subsample(items, limit, seed), suite.source, excluded=len(suite) - len(items))
 
+# %% ../nbs/07_evaluation.ipynb #6df29474
 def _load(name, seen, limit, seed) -> Suite|None:
-    "Suite `name` without the items in `seen`; None, with a one-line warning, when its only source is a hub dataset that did not load (gated, or no network)."
+    ("Suite `name` without the items in `seen`; None, with a one-line warning, when its only source is a hub dataset "
+     "that did not load (gated, or no network).")
     try: return held_out(load_suite(name), seen, limit, seed)
     except PolicyAlignError as e:
         if "from the Hugging Face hub" not in e.problem: raise
-        log.warning(f"skipping suite {name}: {e.problem}"); return None
+        log.warning(f"skipping suite {name}: {e.problem}")
+        return None
 
-def build_suites(cfg:EvalConfig, policy:Policy|None=None, rows:list[dict]|None=None, exclude:list|None=None) -> list[Suite]:
-    "The config's suites, plus domain suites for a domain policy and the synthesized suites of held-out `rows`, without the requests in `exclude`."
+# %% ../nbs/07_evaluation.ipynb #18d7f03f
+def build_suites(cfg:EvalConfig, policy:Policy|None=None, rows:list[dict]|None=None,
+                 exclude:list|None=None) -> list[Suite]:
+    ("The config's suites, plus domain suites for a domain policy and the synthesized suites of held-out `rows`, "
+     "without the requests in `exclude`.")
     names = list(cfg.suites)
-    if cfg.domain_suites and policy is not None: names += [n for n in DOMAIN_SUITES.get(policy.domain, ()) if n not in names]
+    if cfg.domain_suites and policy is not None:
+        names += [n for n in DOMAIN_SUITES.get(policy.domain, ()) if n not in names]
     lim = dict(mmlu=cfg.mmlu_limit, gsm8k=cfg.gsm8k_limit) | cfg.limits
     seen = {normalize(r) for r in request_texts(exclude or [])}
     out = [s for n in names if lim.get(n, 1) != 0 if (s := _load(n, seen, lim.get(n, cfg.limit), cfg.seed))]
@@ -180,11 +211,13 @@ def build_suites(cfg:EvalConfig, policy:Policy|None=None, rows:list[dict]|None=N
             log.warning(f"skipping synth-{k}: {e.problem}")
     return out
 
+# %% ../nbs/07_evaluation.ipynb #5131ecd1
 def make_judges(cfg:EvalConfig, cache_folder=None, policy:Policy|None=None) -> list[Judge]:
     "The config's built-in judges, sharing one verdict cache; the refusal judge counts echoes of `policy` as echoes."
     cache = JsonlCache(Path(cache_folder or cfg.cache_dir or cache_dir()/"eval")/"verdicts.jsonl")
     pt = policy.system_prompt if policy is not None else None
-    return [RefusalJudge(cache=cache, policy_text=pt) if j == "refusal" else GuardJudge(cfg.guard_model, cache=cache) for j in cfg.judges]
+    return [RefusalJudge(cache=cache, policy_text=pt) if j == "refusal" else GuardJudge(cfg.guard_model, cache=cache)
+            for j in cfg.judges]
 
 # %% ../nbs/07_evaluation.ipynb #c58a5335
 def _group_rates(suite, variant, jname, verdicts, metric, decoding):
@@ -192,12 +225,14 @@ def _group_rates(suite, variant, jname, verdicts, metric, decoding):
     by = {}
     for it,f in zip(suite.items, flags):
         if it.get("group"): by.setdefault(it["group"], []).append(f)
-    return [dict(suite=suite.name, variant=variant, decoding=decoding, judge=jname, metric=metric, group=g, **rate(fs)) for g,fs in sorted(by.items())]
+    return [dict(suite=suite.name, variant=variant, decoding=decoding, judge=jname, metric=metric, group=g, **rate(fs))
+            for g,fs in sorted(by.items())]
 
 # %% ../nbs/07_evaluation.ipynb #4715b4cb
-def evaluate_suite(model, tok, policy, suite:Suite, variant:str, judges:list[Judge], cfg:EvalConfig, gen_cache=None, fp=None,
-                   decoding:str="greedy"):
-    "Metrics, per-group rates and per-item records of one suite for one variant and decoding (multiple choice: the likeliest letter)."
+def evaluate_suite(model, tok, policy, suite:Suite, variant:str, judges:list[Judge], cfg:EvalConfig, gen_cache=None,
+                   fp=None, decoding:str="greedy"):
+    ("Metrics, per-group rates and per-item records of one suite for one variant and decoding (multiple choice: the "
+     "likeliest letter).")
     meta = dict(suite=suite.name, kind=suite.kind, variant=variant, decoding=decoding)
     if suite.name == "mmlu" or (suite.kind == "capability" and "choices" in suite.items[0]):
         ok = choice_correct(model, tok, policy, suite.items, variant, cfg.batch_size)
@@ -207,13 +242,16 @@ def evaluate_suite(model, tok, policy, suite:Suite, variant:str, judges:list[Jud
     if suite.kind == "capability":
         ok = [last_number(a) == it["answer"] for a,it in zip(answers, suite.items)]
         return [dict(meta, judge="-", metric="accuracy", **rate(ok))], [], []
-    items = [dict(meta, id=it["id"], group=it.get("group"), request=it["request"], answer=a, verdicts={}) for it,a in zip(suite.items, answers)]
+    items = [dict(meta, id=it["id"], group=it.get("group"), request=it["request"], answer=a, verdicts={})
+             for it,a in zip(suite.items, answers)]
     metrics,groups = [],[]
     for j in judges:
         vs = j.judge(suite.requests, answers)
-        for it,v in zip(items, vs): it["verdicts"][j.name] = dict(safe=v.safe, refusal=v.refusal, rule_id=v.rule_id, label=v.label)
+        for it,v in zip(items, vs):
+            it["verdicts"][j.name] = dict(safe=v.safe, refusal=v.refusal, rule_id=v.rule_id, label=v.label)
         metrics += [dict(meta, judge=j.name, metric=k, **r) for k,r in suite_metrics(vs, suite.kind, j.gives).items()]
-        gm = "violation" if suite.kind == "harmful" and "safety" in j.gives else "refusal" if "refusal" in j.gives else None
+        gm = ("violation" if suite.kind == "harmful" and "safety" in j.gives else
+              "refusal" if "refusal" in j.gives else None)
         if gm: groups += _group_rates(suite, variant, j.name, vs, gm, decoding)
     return metrics, groups, items
 
@@ -221,7 +259,8 @@ def evaluate_suite(model, tok, policy, suite:Suite, variant:str, judges:list[Jud
 SAFETY_METRICS = ("violation", "refusal")
 
 def gap_table(items:list[dict], n_boot:int=1000, seed:int=0) -> list[dict]:
-    "Paired gap closed for every (suite, decoding, judge, safety metric) whose items have base, oracle and aligned answers."
+    ("Paired gap closed for every (suite, decoding, judge, safety metric) whose items have base, oracle and aligned "
+     "answers.")
     by = {}
     for it in items:
         for j,v in it["verdicts"].items():
@@ -233,13 +272,15 @@ def gap_table(items:list[dict], n_boot:int=1000, seed:int=0) -> list[dict]:
     for (s,kind,dec,j,k),got in by.items():
         if not all(v in got for v in VARIANTS): continue
         ids = [i for i in got["base"] if all(i in got[v] for v in VARIANTS)]
-        g = paired_gap(*([got[v][i] for i in ids] for v in VARIANTS), higher_is_better=(k == "refusal" and kind == "harmful"), n_boot=n_boot, seed=seed)
+        g = paired_gap(*([got[v][i] for i in ids] for v in VARIANTS),
+                       higher_is_better=(k == "refusal" and kind == "harmful"), n_boot=n_boot, seed=seed)
         out.append(dict(suite=s, decoding=dec, judge=j, metric=k, **g))
     return out
 
 # %% ../nbs/07_evaluation.ipynb #2b725da7
 def pooled(items:list[dict], suites:list[Suite]) -> tuple[list[dict], dict]:
-    "The items of every public suite of a kind together, as suite `pooled-<kind>` where a kind has two or more; and their suite records."
+    ("The items of every public suite of a kind together, as suite `pooled-<kind>` where a kind has two or more; and "
+     "their suite records.")
     by = {}
     for s in suites:
         if s.kind != "capability" and not s.name.startswith("synth-"): by.setdefault(s.kind, []).append(s)
@@ -248,9 +289,11 @@ def pooled(items:list[dict], suites:list[Suite]) -> tuple[list[dict], dict]:
         if len(ss) < 2: continue
         name,names = f"pooled-{kind}",[s.name for s in ss]
         out += [dict(it, suite=name, id=f"{it['suite']}/{it['id']}") for it in items if it["suite"] in names]
-        info[name] = dict(kind=kind, n=sum(len(s) for s in ss), version=stable_hash(*(s.version for s in ss)), source=" + ".join(names))
+        info[name] = dict(kind=kind, n=sum(len(s) for s in ss), version=stable_hash(*(s.version for s in ss)),
+                          source=" + ".join(names))
     return out, info
 
+# %% ../nbs/07_evaluation.ipynb #807dfb4b
 def pooled_metrics(items:list[dict], judges:list[Judge]) -> list[dict]:
     "Rates of pooled items per (suite, variant, decoding, judge), as `evaluate_suite` reports them."
     by = {}
@@ -260,7 +303,8 @@ def pooled_metrics(items:list[dict], judges:list[Judge]) -> list[dict]:
             for k,r in suite_metrics([Verdict(**it["verdicts"][j.name]) for it in its], kind, j.gives).items()]
 
 # %% ../nbs/07_evaluation.ipynb #be65cf7c
-def mechanism(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, n_boot:int=1000, seed:int=0) -> dict:
+def mechanism(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=40, samples:int=2, n_boot:int=1000,
+              seed:int=0) -> dict:
     "Held-out measures of what distillation moved: base (the adapter off) against aligned (the adapter on)."
     vs = ("base", "aligned")
     kl = {v: policy_kl(model, tok, policy, requests, max_new_tokens, samples, seed=seed + 1234, variant=v) for v in vs}
@@ -269,11 +313,12 @@ def mechanism(model, tok, policy:Policy, requests:list[str], max_new_tokens:int=
     pr = {v: prescribed_logprob(model, tok, policy, requests, variant=v) for v in vs}
     ci = lambda xs: mean_ci(xs, n_boot, seed)
     return dict(n=len(requests), max_new_tokens=max_new_tokens, samples=samples,
-                kl_base=ci(kl["base"]), kl_aligned=ci(kl["aligned"]), kl_ratio=ratio_ci(kl["aligned"], kl["base"], n_boot, seed),
+                kl_base=ci(kl["base"]), kl_aligned=ci(kl["aligned"]),
+                kl_ratio=ratio_ci(kl["aligned"], kl["base"], n_boot, seed),
                 teacher_answers=dict(base=ci(sc["base"]["student_logp"]), aligned=ci(sc["aligned"]["student_logp"]),
                                      teacher=ci(sc["base"]["teacher_logp"])),
-                prescribed=pr["base"] and dict(response=pr["base"]["response"], base=pr["base"]["student"], aligned=pr["aligned"]["student"],
-                                               teacher=pr["base"]["teacher"]),
+                prescribed=pr["base"] and dict(response=pr["base"]["response"], base=pr["base"]["student"],
+                                               aligned=pr["aligned"]["student"], teacher=pr["base"]["teacher"]),
                 per_request=dict(kl_base=kl["base"], kl_aligned=kl["aligned"]))
 
 # %% ../nbs/07_evaluation.ipynb #c0d71be7
@@ -281,13 +326,18 @@ def mechanism_markdown(m:dict) -> str:
     "The mechanism section of the report."
     ci = lambda d, f=".3f": f"{d['mean']:{f}} [{d['lo']:{f}}, {d['hi']:{f}}]"
     r,t = m["kl_ratio"],m["teacher_answers"]
-    lines = [f"Measured on {m['n']} held-out requests that no stage trained or filtered on ({m['samples']} sampled answers each, up to {m['max_new_tokens']} tokens).", "",
+    lines = [f"Measured on {m['n']} held-out requests that no stage trained or filtered on ({m['samples']} sampled "
+             f"answers each, up to {m['max_new_tokens']} tokens).", "",
              "| measure | base | aligned | teacher (policy in the prompt) |", "|---|---|---|---|",
-             f"| policy KL per token, full vocabulary (lower: closer to the teacher) | {ci(m['kl_base'])} | {ci(m['kl_aligned'])} | 0 |",
-             f"| log-probability per token of the teacher's greedy answers | {ci(t['base'])} | {ci(t['aligned'])} | {ci(t['teacher'])} |"]
+             f"| policy KL per token, full vocabulary (lower: closer to the teacher) | {ci(m['kl_base'])} | "
+             f"{ci(m['kl_aligned'])} | 0 |",
+             f"| log-probability per token of the teacher's greedy answers | {ci(t['base'])} | {ci(t['aligned'])} | "
+             f"{ci(t['teacher'])} |"]
     if p := m.get("prescribed"):
-        lines.append(f"| log-probability of the prescribed response \"{p['response']}\" | {p['base']:.2f} | {p['aligned']:.2f} | {p['teacher']:.2f} |")
-    lines += ["", f"Aligned/base policy KL: **{r['ratio']:.2f}** [{r['lo']:.2f}, {r['hi']:.2f}] (paired bootstrap over requests)."]
+        lines.append(f"| log-probability of the prescribed response \"{p['response']}\" | {p['base']:.2f} | "
+                     f"{p['aligned']:.2f} | {p['teacher']:.2f} |")
+    lines += ["", f"Aligned/base policy KL: **{r['ratio']:.2f}** [{r['lo']:.2f}, {r['hi']:.2f}] (paired bootstrap over "
+              "requests)."]
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/07_evaluation.ipynb #17c83e25
@@ -296,17 +346,23 @@ class EvalResult(StageResult):
     "Stage 4's result: `rows` are the answers with their verdicts, `report` every number (what `eval.json` holds)."
     report: dict = field(default_factory=dict)
 
+# %% ../nbs/07_evaluation.ipynb #b57cca63
 def _eval_summary(result:dict) -> dict:
     m = result.get("mechanism")
-    return dict(metrics=len(result["metrics"]), kl_base=m and m["kl_base"]["mean"], kl_aligned=m and m["kl_aligned"]["mean"], kl_ratio=m and m["kl_ratio"]["ratio"])
+    return dict(metrics=len(result["metrics"]), kl_base=m and m["kl_base"]["mean"],
+                kl_aligned=m and m["kl_aligned"]["mean"], kl_ratio=m and m["kl_ratio"]["ratio"])
 
+# %% ../nbs/07_evaluation.ipynb #382cb5cc
 def _runs(suites, cfg):
-    "(suite, decoding) pairs to answer: multiple-choice suites once (the likeliest letter is greedy), the others in every decoding."
+    ("(suite, decoding) pairs to answer: multiple-choice suites once (the likeliest letter is greedy), the others in "
+     "every decoding.")
     mc = lambda s: s.name == "mmlu" or (s.kind == "capability" and "choices" in s.items[0])
     return [(s, d) for s in suites for d in (cfg.decodings[:1] if mc(s) else cfg.decodings)]
 
+# %% ../nbs/07_evaluation.ipynb #a43e9764
 def _answer_all(model, tok, policy, suites, judges, cfg, folder, progress) -> tuple[list, list, list]:
-    "Metrics, per-group rates and answers of every suite, decoding and variant, in eval mode (no dropout in any answer)."
+    ("Metrics, per-group rates and answers of every suite, decoding and variant, in eval mode (no dropout in any "
+     "answer).")
     gen_cache,fps = JsonlCache(folder/"generations.jsonl"),{v: variant_fingerprint(model, v) for v in cfg.variants}
     metrics,groups,items = [],[],[]
     with eval_mode(model):
@@ -314,30 +370,71 @@ def _answer_all(model, tok, policy, suites, judges, cfg, folder, progress) -> tu
             for v in cfg.variants:
                 if progress: log.info(f"eval: {s.name} ({len(s)}) / {v} / {dec}")
                 m,g,it = evaluate_suite(model, tok, policy, s, v, judges, cfg, gen_cache, fps[v], dec)
-                metrics += m; groups += g; items += it
+                metrics += m
+                groups += g
+                items += it
     return metrics, groups, items
 
+# %% ../nbs/07_evaluation.ipynb #614d7c98
+def _write_evaluation(out_dir, result:dict, items:list[dict]) -> dict:
+    "Write eval.json, answers.jsonl and the PNG figures into `out_dir`; return their paths."
+    if out_dir is None: return {}
+    paths = {"eval": run_file(out_dir, "eval"), "answers": run_file(out_dir, "answers")}
+    write_data_card(out_dir)
+    write_json(paths["eval"], result)
+    write_jsonl(paths["answers"], items)
+    for i,d in enumerate(result["config"]["decodings"]):
+        key,path = (("eval_png", run_file(out_dir, "eval_png")) if i == 0 else
+                    (f"eval_{d}", run_file(out_dir, "eval_decoding_png", decoding=d)))
+        try: paths[key] = save_figure(plot_eval(result, decoding=d), path)
+        except ValueError as e: log.info(f"no eval figure for {d} answers: {e}")
+    if result.get("mechanism"):
+        paths["mechanism_png"] = save_figure(plot_mechanism(result["mechanism"]), run_file(out_dir, "mechanism_png"))
+    for s in dict.fromkeys(g["suite"] for g in result["groups"]):
+        metric = "violation" if result["suites"][s]["kind"] == "harmful" else "refusal"
+        try:
+            paths[f"groups_{s}"] = save_figure(plot_groups(result, suite=s, metric=metric),
+                                               run_file(out_dir, "groups_png", suite=s))
+        except ValueError as e: log.info(f"no group figure for {s}: {e}")
+    return paths
+
+# %% ../nbs/07_evaluation.ipynb #cb773218
+def _heldout_mechanism(model, tok, policy, rows, cfg, progress) -> dict|None:
+    "The mechanism on up to `cfg.mechanism_limit` held-out harmful `rows`, when the aligned variant is evaluated."
+    heldout = ([r["request"] for r in rows or [] if r.get("kind") == "harmful"][:cfg.mechanism_limit]
+               if "aligned" in cfg.variants else [])
+    if progress and heldout: log.info(f"eval: mechanism on {len(heldout)} held-out requests")
+    with eval_mode(model):
+        return (mechanism(model, tok, policy, heldout, cfg.mechanism_tokens, cfg.mechanism_samples, cfg.n_boot,
+                          cfg.seed) if heldout else None)
+
 # %% ../nbs/07_evaluation.ipynb #73548022
-def evaluate(model, tok, policy:Policy, rows:list[dict]|None=None, cfg:EvalConfig|None=None, out_dir=None, progress:bool=True,
-             judges:list[Judge]|None=None, suites:list[Suite]|None=None, exclude:list|None=None) -> EvalResult:
-    "Stage 4: every variant and decoding of `cfg` on every suite (without the requests in `exclude`) with every judge, plus the mechanism on held-out `rows`; writes eval.json, answers and figures to `out_dir`."
+def evaluate(model, tok, policy:Policy, rows:list[dict]|None=None, cfg:EvalConfig|None=None, out_dir=None,
+             progress:bool=True, judges:list[Judge]|None=None, suites:list[Suite]|None=None,
+             exclude:list|None=None) -> EvalResult:
+    ("Stage 4: every variant and decoding of `cfg` on every suite (without the requests in `exclude`) with every "
+     "judge, plus the mechanism on held-out `rows`; writes eval.json, answers and figures to `out_dir`.")
     cfg = cfg or EvalConfig()
     set_seed(cfg.seed)
     folder = Path(cfg.cache_dir or cache_dir()/"eval")
     suites = suites if suites is not None else build_suites(cfg, policy, rows, exclude)
     judges = judges if judges is not None else make_judges(cfg, folder, policy)
-    if not suites: raise PolicyAlignError("no suites to evaluate", "list suites in EvalConfig.suites or pass suites=[...]")
+    if not suites:
+        raise PolicyAlignError("no suites to evaluate", "list suites in EvalConfig.suites or pass suites=[...]")
     metrics,groups,items = _answer_all(model, tok, policy, suites, judges, cfg, folder, progress)
     pool,pool_info = pooled(items, suites)
-    heldout = [r["request"] for r in rows or [] if r.get("kind") == "harmful"][:cfg.mechanism_limit] if "aligned" in cfg.variants else []
-    if progress and heldout: log.info(f"eval: mechanism on {len(heldout)} held-out requests")
-    with eval_mode(model): mech = mechanism(model, tok, policy, heldout, cfg.mechanism_tokens, cfg.mechanism_samples, cfg.n_boot, cfg.seed) if heldout else None
-    result = dict(config=asdict(cfg), model=dict(fingerprint=fingerprint(model), base_fingerprint=base_fingerprint(model), name=model_name(model, short=True)),
-                  policy=dict(name=policy.name, domain=policy.domain, version=stable_hash(policy.system_prompt), teacher_system=policy.teacher_system),
+    mech = _heldout_mechanism(model, tok, policy, rows, cfg, progress)
+    result = dict(config=asdict(cfg),
+                  model=dict(fingerprint=fingerprint(model), base_fingerprint=base_fingerprint(model),
+                             name=model_name(model, short=True)),
+                  policy=dict(name=policy.name, domain=policy.domain, version=stable_hash(policy.system_prompt),
+                              teacher_system=policy.teacher_system),
                   judges={j.name: j.version for j in judges},
-                  suites={s.name: dict(kind=s.kind, n=len(s), version=s.version, source=s.source, excluded=s.excluded) for s in suites} | pool_info,
+                  suites={s.name: dict(kind=s.kind, n=len(s), version=s.version, source=s.source, excluded=s.excluded)
+                          for s in suites} | pool_info,
                   skipped=[n for n in cfg.suites if n not in {s.name for s in suites}],
-                  metrics=metrics + pooled_metrics(pool, judges), gap_closed=gap_table(items + pool, cfg.n_boot, cfg.seed), groups=groups, mechanism=mech)
+                  metrics=metrics + pooled_metrics(pool, judges),
+                  gap_closed=gap_table(items + pool, cfg.n_boot, cfg.seed), groups=groups, mechanism=mech)
     return EvalResult(items, _eval_summary(result), _write_evaluation(out_dir, result, items), result)
 
 # %% ../nbs/07_evaluation.ipynb #49202465
@@ -347,6 +444,7 @@ def _fmt(m):
     ci = f" [{m['lo']:.0%}, {m['hi']:.0%}]" if m["lo"] is not None else ""
     return f"{m['rate']:.0%}{ci} ({m['k']}/{m['n']}" + (f", {m['unparsable']} unparsable)" if m["unparsable"] else ")")
 
+# %% ../nbs/07_evaluation.ipynb #fc44e0dc
 def _fmt_gain(g:dict|None) -> str:
     "The aligned model's paired improvement over the base (positive: better), with its interval."
     if g is None or g.get("aligned_gain") is None: return "–"
@@ -359,12 +457,14 @@ def _fmt_gap(g:dict|None) -> str:
     return f"{g['gap_closed']:.2f} [{g['lo']:.2f}, {g['hi']:.2f}]"
 
 # %% ../nbs/07_evaluation.ipynb #d24777af
-_DECODING_TEXT = {"greedy": "greedy answers", "sampled": "answers sampled at temperature {t}, one seed per prompt (the same for every variant)"}
+_DECODING_TEXT = {"greedy": "greedy answers",
+                  "sampled": "answers sampled at temperature {t}, one seed per prompt (the same for every variant)"}
 
 def _behaviour_table(result:dict, decoding:str) -> list[str]:
     "One table row per (suite, metric, judge) of `decoding`, one column per variant, and the gap closed."
     variants = result["config"]["variants"]
-    gaps = {(g["suite"], g["judge"], g["metric"]): g for g in result["gap_closed"] if g.get("decoding", "greedy") == decoding}
+    gaps = {(g["suite"], g["judge"], g["metric"]): g for g in result["gap_closed"]
+            if g.get("decoding", "greedy") == decoding}
     ms = [m for m in result["metrics"] if m.get("decoding", "greedy") == decoding]
     by = {(m["suite"], m["metric"], m["judge"], m["variant"]): m for m in ms}
     keys = list(dict.fromkeys((m["suite"], m["metric"], m["judge"]) for m in ms if m["metric"] != "full_refusal"))
@@ -373,60 +473,62 @@ def _behaviour_table(result:dict, decoding:str) -> list[str]:
              "|---|---|---|" + "---|"*len(variants) + "---|---|"]
     for s,k,j in keys:
         g = gaps.get((s, j, k))
-        lines.append(f"| {s} | {name(s,k)} | {j} | " + " | ".join(_fmt(by.get((s,k,j,v))) for v in variants) + f" | {_fmt_gain(g)} | {_fmt_gap(g)} |")
+        lines.append(f"| {s} | {name(s,k)} | {j} | " + " | ".join(_fmt(by.get((s,k,j,v))) for v in variants)
+                     + f" | {_fmt_gain(g)} | {_fmt_gap(g)} |")
     return lines
 
+# %% ../nbs/07_evaluation.ipynb #bd5e5e2f
+def _report_footer(result:dict) -> list[str]:
+    "The judges and suites (with the items left out and the suites skipped), the model fingerprint and the settings."
+    cfg = result["config"]
+    excluded = {n: x["excluded"] for n,x in result["suites"].items() if x.get("excluded")}
+    return ["Judges: " + ", ".join(f"`{n}` v{v}" for n,v in result["judges"].items()),
+            "Suites: " + ", ".join(f"`{n}` ({x['n']} items, v{x['version'][:8]})" for n,x in result["suites"].items())
+            + (" (left out because an earlier stage saw them: " + ", ".join(f"{n} {k}" for n,k in excluded.items())
+               + ")" if excluded else ""),
+            *([f"Suites skipped (their hub copy did not load; see the log): {', '.join(result['skipped'])}"]
+              if result.get("skipped") else []),
+            f"Model fingerprint: `{result['model']['fingerprint']}`; max_new_tokens={cfg['max_new_tokens']}; "
+            f"teacher prompt: `{result['policy'].get('teacher_system', 'alone')}`."]
+
+# %% ../nbs/07_evaluation.ipynb #61393822
 def report_markdown(result:dict, level:int=1) -> str:
-    "A Markdown report: the mechanism (when measured), then per decoding one table row per (suite, metric, judge), one column per variant; `level` is the top heading's."
+    ("A Markdown report: the mechanism (when measured), then per decoding one table row per (suite, metric, judge), "
+     "one column per variant; `level` is the top heading's.")
     cfg,h = result["config"],"#" * level
     model = result["model"]["name"] or "model"
     lines = [f"{h} Evaluation of {model} against policy {result['policy']['name']!r}", ""]
-    if result.get("mechanism"): lines += [f"{h}# What distillation moved (the mechanism)", "", mechanism_markdown(result["mechanism"])]
-    lines += [f"{h}# Behaviour", "", "Rates with 95% Wilson intervals and counts (k/n). Lower is better for violation and over-refusal. "
-              "'Aligned better than base by' is the paired difference of rates (positive: fewer violations or over-refusals, more refusals of harmful requests), and "
-              "gap closed = (aligned − base) / (oracle − base), each with a paired-bootstrap 95% interval over prompts; "
-              "n/a where the oracle is not clearly better than the base (its gain's interval includes zero, or it is worse). "
-              "`pooled-*` suites hold every public benchmark of one kind together.", ""]
+    if result.get("mechanism"):
+        lines += [f"{h}# What distillation moved (the mechanism)", "", mechanism_markdown(result["mechanism"])]
+    lines += [f"{h}# Behaviour", "", "Rates with 95% Wilson intervals and counts (k/n). Lower is better for violation "
+              "and over-refusal. 'Aligned better than base by' is the paired difference of rates (positive: fewer "
+              "violations or over-refusals, more refusals of harmful requests), and gap closed = (aligned − base) / "
+              "(oracle − base), each with a paired-bootstrap 95% interval over prompts; n/a where the oracle is not "
+              "clearly better than the base (its gain's interval includes zero, or it is worse). `pooled-*` suites "
+              "hold every public benchmark of one kind together.", ""]
     for d in cfg.get("decodings", ("greedy",)):
-        lines += [f"{h}## {_DECODING_TEXT[d].format(t=cfg.get('temperature', 1.0)).capitalize()}", ""] + _behaviour_table(result, d) + [""]
-    excluded = {n: x["excluded"] for n,x in result["suites"].items() if x.get("excluded")}
-    lines += ["Judges: " + ", ".join(f"`{n}` v{v}" for n,v in result["judges"].items()),
-              "Suites: " + ", ".join(f"`{n}` ({x['n']} items, v{x['version'][:8]})" for n,x in result["suites"].items())
-              + (" (left out because an earlier stage saw them: " + ", ".join(f"{n} {k}" for n,k in excluded.items()) + ")" if excluded else ""),
-              *([f"Suites skipped (their hub copy did not load; see the log): {', '.join(result['skipped'])}"] if result.get("skipped") else []),
-              f"Model fingerprint: `{result['model']['fingerprint']}`; max_new_tokens={cfg['max_new_tokens']}; teacher prompt: "
-              f"`{result['policy'].get('teacher_system', 'alone')}`."]
+        lines += ([f"{h}## {_DECODING_TEXT[d].format(t=cfg.get('temperature', 1.0)).capitalize()}", ""]
+                  + _behaviour_table(result, d) + [""])
+    lines += _report_footer(result)
     return "\n".join(lines) + "\n"
-
-# %% ../nbs/07_evaluation.ipynb #614d7c98
-def _write_evaluation(out_dir, result:dict, items:list[dict]) -> dict:
-    "Write eval.json, answers.jsonl and the PNG figures into `out_dir`; return their paths."
-    if out_dir is None: return {}
-    paths = {"eval": run_file(out_dir, "eval"), "answers": run_file(out_dir, "answers")}
-    write_data_card(out_dir)
-    write_json(paths["eval"], result); write_jsonl(paths["answers"], items)
-    for i,d in enumerate(result["config"]["decodings"]):
-        key,path = ("eval_png", run_file(out_dir, "eval_png")) if i == 0 else (f"eval_{d}", run_file(out_dir, "eval_decoding_png", decoding=d))
-        try: paths[key] = save_figure(plot_eval(result, decoding=d), path)
-        except ValueError as e: log.info(f"no eval figure for {d} answers: {e}")
-    if result.get("mechanism"): paths["mechanism_png"] = save_figure(plot_mechanism(result["mechanism"]), run_file(out_dir, "mechanism_png"))
-    for s in dict.fromkeys(g["suite"] for g in result["groups"]):
-        metric = "violation" if result["suites"][s]["kind"] == "harmful" else "refusal"
-        try: paths[f"groups_{s}"] = save_figure(plot_groups(result, suite=s, metric=metric), run_file(out_dir, "groups_png", suite=s))
-        except ValueError as e: log.info(f"no group figure for {s}: {e}")
-    return paths
 
 # %% ../nbs/07_evaluation.ipynb #fa8cf3f4
 def eval_budget(run, policy) -> int:
-    "The most answer tokens evaluation generates: every safety suite's prompts, per variant and decoding, and the mechanism's samples (multiple choice generates none)."
+    ("The most answer tokens evaluation generates: every safety suite's prompts, per variant and decoding, and the "
+     "mechanism's samples (multiple choice generates none).")
     c = run.eval
     prompts = sum(c.limits.get(s, c.limit or 300) for s in c.suites if s not in ("mmlu", "gsm8k")) + c.gsm8k_limit
-    return prompts * len(c.variants) * len(c.decodings) * c.max_new_tokens + c.mechanism_limit * (2 * c.mechanism_samples + 1) * c.mechanism_tokens
+    return (prompts * len(c.variants) * len(c.decodings) * c.max_new_tokens
+            + c.mechanism_limit * (2 * c.mechanism_samples + 1) * c.mechanism_tokens)
 
+# %% ../nbs/07_evaluation.ipynb #a7608112
 def check_eval_inputs(cfg:EvalConfig, policy=None):
     "Before any work: the cache folder can be one (a file in its place would only fail after training)."
-    if cfg.cache_dir: check_folder(cfg.cache_dir, "eval.cache_dir", "pass a folder for the generation and verdict caches, or leave it unset")
+    if cfg.cache_dir:
+        check_folder(cfg.cache_dir, "eval.cache_dir",
+                     "pass a folder for the generation and verdict caches, or leave it unset")
 
-STAGE = Stage("eval", evaluate, EvalConfig, keeps=("eval", "answers"), rows="heldout", inputs=dict(exclude="synthesis"), needs=("adapter",), validate=check_eval_inputs,
-              budget=eval_budget,
+# %% ../nbs/07_evaluation.ipynb #42ae7fcd
+STAGE = Stage("eval", evaluate, EvalConfig, keeps=("eval", "answers"), rows="heldout", inputs=dict(exclude="synthesis"),
+              needs=("adapter",), validate=check_eval_inputs, budget=eval_budget,
               about="base, oracle and aligned on the benchmarks and the held-out requests, and what distillation moved")

