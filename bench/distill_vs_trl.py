@@ -22,6 +22,10 @@ TRL's `_generate`, its `_forward_logits` called without grad (the teacher) and `
 Prints the per-step times, parts and peak memory of each side, then, last line: `ratio step_time=<x> peak_mem=<y>`
 (policyalign / TRL; medians). Run: `python bench/distill_vs_trl.py [--device cuda] [--answer-tokens 64] [--steps 5]`;
 `--toy`: seconds, at toy size (CI); without TRL installed, policyalign's side alone.
+`--engine vllm` (in a venv with the vllm extra): policyalign samples with its vLLM engine (`policyalign.engine`, the
+merged adapter pushed into vLLM before each rollout, timed as part of the rollout); TRL is first tried with its own
+vLLM path (`use_vllm=True, vllm_mode="colocate"`), and where that fails the error is printed and TRL runs with
+transformers' `generate`, its best configuration that runs here.
 """
 from __future__ import annotations
 import argparse, os, sys, tempfile, warnings
@@ -34,6 +38,10 @@ def policyalign_side(args, policy):
     from policyalign.policy import Prompter
     from policyalign.rollout import PolicyPrefix
     model, tok = load_bench_model(args.device, shape=args.shape)
+    if args.engine == "vllm":
+        from policyalign.engine import start_engine
+        from policyalign.models import model_name
+        start_engine(model, tok, "vllm", model_name(model))
     cfg = DistillConfig(steps=10_000, batch_size=len(REQUESTS), micro_batch_size=len(REQUESTS), rollout_batch_size=len(REQUESTS),
                         max_new_tokens=args.answer_tokens, min_new_tokens=args.answer_tokens, top_k=args.top_k, divergence=args.divergence, teacher="frozen",
                         lr=1e-4, weight_decay=0.01, max_grad_norm=1.0, prefix_cache=not args.no_prefix_cache, seed=0)
@@ -41,7 +49,8 @@ def policyalign_side(args, policy):
     prompter = Prompter(tok, policy)
     prefix = PolicyPrefix(prompter) if cfg.prefix_cache else None
     t_p = [prompter.teacher(r) for r in REQUESTS]
-    state = dict(step=0, teacher_len=len(t_p[0]), prefix=f"{len(prefix)} tokens, applies: {prefix.matches(t_p)}" if prefix else "off")
+    state = dict(step=0, teacher_len=len(t_p[0]), prefix=f"{len(prefix)} tokens, applies: {prefix.matches(t_p)}" if prefix else "off",
+                 engine=getattr(model, "policyalign_engine", None))
     def step():
         m = distill_step(model, tok, prompter, REQUESTS, cfg, opt, sched, state["step"], prefix)
         state["step"] += 1
@@ -49,7 +58,15 @@ def policyalign_side(args, policy):
     return step, state, policyalign_parts(opt)
 
 
-def trl_side(args, policy):
+def trl_vllm_error(args, policy) -> str|None:
+    "Build TRL's SDFT trainer with its own vLLM path and take one step; the error it stops with (None: it ran)."
+    try:
+        step, _, _ = trl_side(args, policy, use_vllm=True)
+        step()
+    except Exception as e: return f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+
+
+def trl_side(args, policy, use_vllm:bool=False):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -65,7 +82,8 @@ def trl_side(args, policy):
                        distillation_add_tail=False, distillation_is_clip=None, teacher_model_kind="base",
                        learning_rate=1e-4, weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="constant",
                        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=args.device == "cpu",
-                       report_to="none", save_strategy="no", shuffle_dataset=False, seed=0, disable_tqdm=True)
+                       report_to="none", save_strategy="no", shuffle_dataset=False, seed=0, disable_tqdm=True,
+                       **(dict(use_vllm=True, vllm_mode="colocate") if use_vllm else {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = SDFTTrainer(model=base, args=targs, train_dataset=Dataset.from_list(rows), processing_class=tok,
@@ -103,18 +121,23 @@ def main():
                     help="policyalign divergence; topk_reverse_kl_renorm is TRL's topk_logits objective with add_tail=False")
     ap.add_argument("--no-prefix-cache", action="store_true")
     ap.add_argument("--no-trl", action="store_true", help="only run policyalign's side")
+    ap.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="policyalign's sampling engine")
     add_output_arguments(ap, "distill_vs_trl")
     args = ap.parse_args()
     if args.toy: args.shape, args.answer_tokens, args.steps, args.warmup = "toy", 4, 1, 0
     if args.device == "cpu": stable_malloc()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    results = results_name("distill_vs_trl", args.answer_tokens, 64)
+    results = results_name("distill_vs_trl" + ("-vllm" if args.engine == "vllm" else ""), args.answer_tokens, 64)
     begin(args.device, args.threads)
     from policyalign.policy import load_policy
     policy = load_policy(args.policy)
 
     sides = {"policyalign": policyalign_side(args, policy)}
     skip = "--no-trl given" if args.no_trl else None
+    if not skip and args.engine == "vllm":
+        err = trl_vllm_error(args, policy)
+        print(f"TRL SDFT with use_vllm=True, vllm_mode='colocate': {'ran' if err is None else 'fails: ' + err}"
+              + ("" if err is None else "; TRL runs with transformers' generate below"))
     if not skip:
         try: sides["trl"] = trl_side(args, policy)
         except ImportError as e: skip = f"TRL's SDFT trainer is not importable ({e}); pip install -e '.[bench]'"
@@ -133,6 +156,10 @@ def main():
     print("where a step's time goes (median seconds): " + "; ".join(f"{name}: " + ", ".join(
         f"{k} {median([p[k] for p in parts[name]]):.2f}" for k in ("rollout", "teacher", "student", "optimiser")) for name in sides))
     print("  (student: its forward and backward, the loss, clipping and the rest of the step)")
+    if eng := sides["policyalign"][1].get("engine"):
+        n = args.warmup + args.steps
+        print(f"policyalign's vLLM engine: {eng.syncs} weight syncs in {eng.sync_seconds:.2f} s over {n} steps "
+              f"({eng.sync_seconds / n:.2f} s a step, inside the rollout times above); started in {eng.start_seconds:.1f} s")
     for name in sides:
         print(f"{name}: median step {median(times[name]):.2f} s, median peak +{mib(median(peaks[name]))} "
               f"({args.steps} steps, {len(REQUESTS)} requests x {args.answer_tokens} answer tokens)")

@@ -274,7 +274,8 @@ def _rules_table(res:dict) -> list[str]:
     for r in res["rules"]:
         gw,gh,kl = r["greedy_without"],r["greedy_with"],r["kl"]["mean"]
         kl = "–" if kl is None else f"{kl:.3f}"          # a rule with no harmful request among the rows
-        lines.append(f"| {r['rule_id']} | {r['title']} | {gw['k']}/{gw['n']} → {gh['k']}/{gh['n']} | {_ci(r['gain'])} "
+        lines.append(f"| {r['rule_id']} | {r['title']} | {gw['k']}/{gw['n']} → {gh['k']}/{gh['n']} "
+                     f"| {_ci(r['gain'])} "
                      f"| {kl} | {r['verdict']} |")
     return lines
 

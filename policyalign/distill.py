@@ -8,15 +8,18 @@ import importlib, json, math, os, random, shutil, statistics, time, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
-from .core import PolicyAlignError, Stage, StageResult, atomic_write, check_fields, get_logger, read_json, request_texts, run_file, set_seed, stable_hash, write_json, write_jsonl
+from .core import (PolicyAlignError, Stage, StageResult, atomic_write, check_fields, get_logger, read_json,
+                              request_texts, run_file, set_seed, stable_hash, write_json, write_jsonl)
 from .plots import plot_training, save_figure
 from .losses import *
 from .models import add_lora, compute_dtype
 from .policy import Policy, Prompter
-from .rollout import PolicyPrefix, TEACHERS, context_length, pair_batch, per_answer, prepare_prompts, rollout, score_tokens
+from .rollout import (PolicyPrefix, TEACHERS, context_length, pair_batch, per_answer, prepare_prompts,
+                                 rollout, score_tokens)
 from .guards import Watch, check_alarms, watch_start, watch_step
 from .parallel import all_reduce_grads, gather, global_sum, init_distributed, is_main, rank, shard_bounds
-from .checkpoints import load_adapter, load_checkpoint, merge_adapter, prepare_checkpoints, restore_adapter, save_adapter, save_checkpoint
+from .checkpoints import (load_adapter, load_checkpoint, merge_adapter, prepare_checkpoints, restore_adapter,
+                                     save_adapter, save_checkpoint)
 
 # %% auto #0
 __all__ = ['STAGE', 'DistillConfig', 'trainable_params', 'make_optimizer', 'make_scaler', 'add_ema_adapter', 'ema_update',
@@ -26,7 +29,8 @@ __all__ = ['STAGE', 'DistillConfig', 'trainable_params', 'make_optimizer', 'make
            'load_adapter', 'merge_adapter']
 
 # %% ../nbs/06_distill.ipynb #61d2e9c5
-_all_ = ["topk_reverse_kl", "topk_tail_reverse_kl", "reverse_kl", "forward_kl", "generalized_jsd", "token_divergence", "chunked_head_divergence", "masked_mean", "DIVERGENCES", "TEACHERS",
+_all_ = ["topk_reverse_kl", "topk_tail_reverse_kl", "reverse_kl", "forward_kl", "generalized_jsd", "token_divergence",
+         "chunked_head_divergence", "masked_mean", "DIVERGENCES", "TEACHERS",
          "save_adapter", "load_adapter", "merge_adapter"]
 
 # %% ../nbs/06_distill.ipynb #bc6d29b6
@@ -42,7 +46,8 @@ class DistillConfig:
     rollout_batch_size: int = 64    # answers generated together
     samples: int = 1                # answers sampled per request
     max_new_tokens: int = 1024
-    min_new_tokens: int = 0         # EOS suppressed before this length: fixed-length answers for benchmarks (not the student's own distribution)
+    min_new_tokens: int = 0         # EOS suppressed before this length: fixed-length answers for benchmarks
+                                    # (not the student's own distribution)
     temperature: float = 1.0
     teacher: str = "frozen"         # 'frozen', 'ema' or 'live'
     ema_decay: float = 0.99
@@ -70,13 +75,17 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_fields(self, steps=1, batch_size=1, micro_batch_size=1, rollout_batch_size=1, samples=1, max_new_tokens=1, top_k=1,
-                     loss_chunk=1, checkpoint_every=1, keep_checkpoints=1, min_new_tokens=0, warmup_steps=0, watch_every=0,
-                     watch_limit=1, watch_tokens=1, length_window=1, kl_rise_evals=1)
-        if self.on_alarm not in ("warn", "stop"): raise PolicyAlignError(f"on_alarm={self.on_alarm!r}", "use 'warn' or 'stop'")
-        if self.teacher not in TEACHERS: raise PolicyAlignError(f"unknown teacher {self.teacher!r}", f"use one of {TEACHERS}")
-        if self.divergence not in DIVERGENCES: raise PolicyAlignError(f"unknown divergence {self.divergence!r}", f"use one of {DIVERGENCES}")
-        if self.lr_schedule not in ("constant", "cosine", "linear"): raise PolicyAlignError(f"unknown lr_schedule {self.lr_schedule!r}", "use constant, cosine or linear")
+        check_fields(self, steps=1, batch_size=1, micro_batch_size=1, rollout_batch_size=1, samples=1, max_new_tokens=1,
+                     top_k=1, loss_chunk=1, checkpoint_every=1, keep_checkpoints=1, min_new_tokens=0, warmup_steps=0,
+                     watch_every=0, watch_limit=1, watch_tokens=1, length_window=1, kl_rise_evals=1)
+        if self.on_alarm not in ("warn", "stop"):
+            raise PolicyAlignError(f"on_alarm={self.on_alarm!r}", "use 'warn' or 'stop'")
+        if self.teacher not in TEACHERS:
+            raise PolicyAlignError(f"unknown teacher {self.teacher!r}", f"use one of {TEACHERS}")
+        if self.divergence not in DIVERGENCES:
+            raise PolicyAlignError(f"unknown divergence {self.divergence!r}", f"use one of {DIVERGENCES}")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise PolicyAlignError(f"unknown lr_schedule {self.lr_schedule!r}", "use constant, cosine or linear")
         if not 0 < self.ema_decay < 1: raise PolicyAlignError(f"ema_decay={self.ema_decay} must be in (0, 1)")
         if not 0 <= self.beta <= 1: raise PolicyAlignError(f"beta={self.beta} must be in [0, 1]")
         if not self.lr > 0 or self.temperature <= 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
@@ -127,41 +136,48 @@ def ema_update(model, decay:float=0.99):
 
 # %% ../nbs/06_distill.ipynb #9dfe1c4a
 def answer_seeds(cfg:DistillConfig, step:int, first_row:int, n:int) -> list[int]:
-    "The sampling seed of each answer of step `step`, from its place in the global batch: the same whichever process samples it."
-    return [int(stable_hash("rollout", cfg.seed, step, first_row + i, j), 16) % 2**31 for i in range(n) for j in range(cfg.samples)]
+    ("The sampling seed of each answer of step `step`, from its place in the global batch: the same whichever process "
+     "samples it.")
+    return [int(stable_hash("rollout", cfg.seed, step, first_row + i, j), 16) % 2**31
+            for i in range(n) for j in range(cfg.samples)]
 
 def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillConfig, opt, sched, step:int=0,
                  prefix:PolicyPrefix|None=None, scaler=None, first_row:int=0) -> dict:
-    "One on-policy step on `requests` (this process's block, from `first_row` of the batch): the student samples, the teacher scores the same tokens, the adapter moves; returns the step's metrics over the whole batch."
+    ("One on-policy step on `requests` (this process's block, from `first_row` of the batch): the student samples, "
+     "the teacher scores the same tokens, the adapter moves; returns the step's metrics over the whole batch.")
     t0 = time.perf_counter()
-    set_seed(cfg.seed * 100_003 + step + 7 * rank())   # any other randomness (dropout) depends on (seed, step, rank) only: exact resume
+    set_seed(cfg.seed * 100_003 + step + 7 * rank())   # any other randomness (dropout) depends on (seed, step, rank)
+                                                       # only: exact resume
     s_p,t_p = prepare_prompts(prompter, requests, cfg.max_new_tokens, context_length(model))
-    g = rollout(model, tok, s_p, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size, samples=cfg.samples,
-                min_new_tokens=cfg.min_new_tokens, row_seeds=answer_seeds(cfg, step, first_row, len(requests)))
+    g = rollout(model, tok, s_p, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size,
+                samples=cfg.samples, min_new_tokens=cfg.min_new_tokens,
+                row_seeds=answer_seeds(cfg, step, first_row, len(requests)))
     rep = lambda xs: [x for x in xs for _ in range(cfg.samples)]
     model.train(); opt.zero_grad(set_to_none=True)
     tot,n_tok,stats = _backward(model, tok, rep(s_p), rep(t_p), g.answer_ids, cfg, prefix, step, scaler)
     if not math.isfinite(tot):
         opt.zero_grad(set_to_none=True)
         raise PolicyAlignError(f"the loss became {tot} at step {step}",
-                               "lower the learning rate (lr) or raise max_grad_norm's strictness; rerun to resume from the last good checkpoint")
+                               "lower the learning rate (lr) or raise max_grad_norm's strictness; "
+                               "rerun to resume from the last good checkpoint")
     all_reduce_grads(trainable_params(model))
     gn,lr = _update(model, cfg, opt, scaler),opt.param_groups[0]["lr"]
     sched.step()
     if math.isfinite(gn) and cfg.teacher == "ema": ema_update(model, cfg.ema_decay)
-    return _step_metrics(step, tot / n_tok, torch.cat(gather([stats.cpu()])), gather(g.answer_ids), gather(g.finished), lr, gn,
-                         time.perf_counter() - t0)
+    return _step_metrics(step, tot / n_tok, torch.cat(gather([stats.cpu()])), gather(g.answer_ids), gather(g.finished),
+                         lr, gn, time.perf_counter() - t0)
 
 # %% ../nbs/06_distill.ipynb #3b0e2042
 def _backward(model, tok, s_p, t_p, ans, cfg, prefix, step, scaler):
-    "Gradients of the token-mean loss over the whole batch, accumulated micro-batch by micro-batch; the summed loss, token count and stats."
+    ("Gradients of the token-mean loss over the whole batch, accumulated micro-batch by micro-batch; the summed loss, "
+     "token count and stats.")
     n_tok = global_sum(sum(max(1, len(a)) for a in ans))
     tot,stats = 0.0,[]
     for i in range(0, len(ans), cfg.micro_batch_size):
         sl = slice(i, i + cfg.micro_batch_size)
-        loss,st,_ = score_tokens(model, pair_batch(s_p[sl], t_p[sl], ans[sl], tok.pad_token_id), cfg.teacher, cfg.divergence,
-                                 cfg.top_k, cfg.beta, cfg.loss_chunk, prefix, version=0 if cfg.teacher == "frozen" else step,
-                                 temperature=cfg.temperature)
+        loss,st,_ = score_tokens(model, pair_batch(s_p[sl], t_p[sl], ans[sl], tok.pad_token_id), cfg.teacher,
+                                 cfg.divergence, cfg.top_k, cfg.beta, cfg.loss_chunk, prefix,
+                                 version=0 if cfg.teacher == "frozen" else step, temperature=cfg.temperature)
         part = loss.sum() / n_tok
         (scaler.scale(part) if scaler else part).backward()
         tot += loss.detach().sum().item(); stats.append(st)
@@ -174,9 +190,10 @@ def distinct_n(answers:list[list[int]], n:int=2) -> float:
 
 def _step_metrics(step, loss, st, ans, finished, lr, gn, dt) -> dict:
     mean = lambda i: st[:, i].mean().item()
-    return dict(step=step + 1, loss=loss, logp_gap=(st[:, 0] - st[:, 1]).mean().item(), topk_mass=mean(2), teacher_topk_mass=mean(3),
-                entropy=mean(4), answer_tokens=sum(map(len, ans)) / len(ans), eos_share=sum(finished) / len(ans),
-                distinct_2=distinct_n(ans), lr=lr, grad_norm=gn, skipped=not math.isfinite(gn), tokens_per_s=sum(map(len, ans)) / dt, seconds=dt)
+    return dict(step=step + 1, loss=loss, logp_gap=(st[:, 0] - st[:, 1]).mean().item(), topk_mass=mean(2),
+                teacher_topk_mass=mean(3), entropy=mean(4), answer_tokens=sum(map(len, ans)) / len(ans),
+                eos_share=sum(finished) / len(ans), distinct_2=distinct_n(ans), lr=lr, grad_norm=gn,
+                skipped=not math.isfinite(gn), tokens_per_s=sum(map(len, ans)) / dt, seconds=dt)
 
 # %% ../nbs/06_distill.ipynb #4fb640cf
 def _update(model, cfg, opt, scaler) -> float:
@@ -186,7 +203,8 @@ def _update(model, cfg, opt, scaler) -> float:
     if scaler: scaler.step(opt); scaler.update()          # the scaler itself skips a non-finite step
     elif math.isfinite(gn): opt.step()
     if not math.isfinite(gn):
-        warnings.warn(f"the gradient norm is {gn}: this step's update was skipped" + (" and the loss scale lowered" if scaler else ""))
+        warnings.warn(f"the gradient norm is {gn}: this step's update was skipped"
+                      + (" and the loss scale lowered" if scaler else ""))
     opt.zero_grad(set_to_none=True)
     return gn
 
@@ -197,13 +215,16 @@ class Reporter:
         self.path = run_file(out_dir, "metrics")
         self.tb = self.wb = None
         if "tensorboard" in report_to:
-            if out_dir is None: raise PolicyAlignError("report_to=tensorboard needs a run folder to write into", "pass out_dir=..., or leave tensorboard out of report_to")
+            if out_dir is None: raise PolicyAlignError("report_to=tensorboard needs a run folder to write into",
+                                                       "pass out_dir=..., or leave tensorboard out of report_to")
             try: from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e: raise PolicyAlignError("report_to=tensorboard needs the tensorboard package", "pip install tensorboard") from e
+            except ImportError as e: raise PolicyAlignError("report_to=tensorboard needs the tensorboard package",
+                                                            "pip install tensorboard") from e
             self.tb = SummaryWriter(str(run_file(out_dir, "tensorboard")))
         if "wandb" in report_to:
             try: import wandb
-            except ImportError as e: raise PolicyAlignError("report_to=wandb needs the wandb package", "pip install wandb") from e
+            except ImportError as e: raise PolicyAlignError("report_to=wandb needs the wandb package",
+                                                            "pip install wandb") from e
             self.wb = wandb.init(project="policyalign", config=config or {})
 
     def __call__(self, history:list[dict]):
@@ -216,7 +237,8 @@ class Reporter:
 # %% ../nbs/06_distill.ipynb #d806036a
 @dataclass(repr=False)
 class DistillResult(StageResult):
-    "Stage 3's result: the adapter is trained in place; `rows` are the requests trained on, `history` one metrics dict per step."
+    ("Stage 3's result: the adapter is trained in place; `rows` are the requests trained on, "
+     "`history` one metrics dict per step.")
     history: list[dict] = field(default_factory=list)
 
 def _batches(requests, cfg, step):
@@ -230,8 +252,11 @@ def _batches(requests, cfg, step):
 
 # %% ../nbs/06_distill.ipynb #0411f697
 def _check_inputs(model, tok, policy, requests):
-    if not requests: raise PolicyAlignError("there are no requests to train on", "run filtering first, or pass a non-empty list")
-    if not hasattr(model, "peft_config"): raise PolicyAlignError("the model has no LoRA adapter", "load it with policyalign.models.load_model (or add_lora)")
+    if not requests: raise PolicyAlignError("there are no requests to train on",
+                                            "run filtering first, or pass a non-empty list")
+    if not hasattr(model, "peft_config"):
+        raise PolicyAlignError("the model has no LoRA adapter",
+                               "load it with policyalign.models.load_model (or add_lora)")
     emb = model.get_base_model().get_output_embeddings().weight.shape[0]
     if len(tok) > emb: raise PolicyAlignError(f"the tokenizer has {len(tok)} tokens but the model's head has {emb}",
                                               "use the tokenizer that belongs to the model")
@@ -241,7 +266,8 @@ def _warn(history):
     "Warnings for the last step: a negative loss (once per run) and each alarm it raised."
     m = history[-1]
     if m["loss"] < 0 and not any(h["loss"] < 0 for h in history[:-1]):
-        warnings.warn(f"the loss is negative at step {m['step']} (student top-k mass {m['topk_mass']:.2f}): the truncated top-k loss rewards moving "
+        warnings.warn(f"the loss is negative at step {m['step']} (student top-k mass {m['topk_mass']:.2f}): "
+                      "the truncated top-k loss rewards moving "
                       "probability outside the top-k; lower lr, or use divergence='topk_tail_reverse_kl'")
     for a in m.get("alarms", []): warnings.warn(f"alarm {a['alarm']} at step {a['step']}: {a['cause']}; {a['fix']}")
 
@@ -263,13 +289,16 @@ def _finish(model, history, cfg, out_dir, stopped:bool) -> dict:
 
 def _summary(history, kept_step) -> dict:
     alarms = [a["alarm"] for m in history for a in m.get("alarms", [])]
-    out = dict(steps=len(history), loss_first=history[0]["loss"], loss_last=history[-1]["loss"], seconds=sum(m["seconds"] for m in history))
-    return out | (dict(alarms=", ".join(alarms)) if alarms else {}) | (dict(stopped_at=history[-1]["step"], kept_step=kept_step) if kept_step is not None else {})
+    out = dict(steps=len(history), loss_first=history[0]["loss"], loss_last=history[-1]["loss"],
+               seconds=sum(m["seconds"] for m in history))
+    return (out | (dict(alarms=", ".join(alarms)) if alarms else {})
+            | (dict(stopped_at=history[-1]["step"], kept_step=kept_step) if kept_step is not None else {}))
 
 # %% ../nbs/06_distill.ipynb #95f26455
 def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=None, out_dir=None, progress:bool=True,
             watch:list[dict]|None=None, resume:bool=True, callback=None) -> DistillResult:
-    "Stage 3: on-policy self-distillation of `policy` into `model`'s adapter, guarded by alarms (`watch`: held-out rows to measure)."
+    ("Stage 3: on-policy self-distillation of `policy` into `model`'s adapter, guarded by alarms (`watch`: "
+     "held-out rows to measure).")
     from tqdm.auto import tqdm
     cfg,requests = cfg or DistillConfig(),request_texts(rows)
     prompter = _check_inputs(model, tok, policy, requests)
@@ -281,8 +310,10 @@ def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=N
     if start: log.info(f"distill: resuming from step {start} ({ckpt})")
     prefix,main,w = PolicyPrefix(prompter) if cfg.prefix_cache else None,is_main(),Watch(tok, policy, watch, cfg)
     base = history[0] if history else watch_start(w, model)
-    report,good,kept = Reporter(out_dir if main else None, cfg.report_to if main else (), asdict(cfg)),(start, _snapshot(model)),None
-    for step in (bar := tqdm(range(start, cfg.steps), desc="distill", disable=not (progress and main), initial=start, total=cfg.steps)):
+    report,good,kept = (Reporter(out_dir if main else None, cfg.report_to if main else (), asdict(cfg)),
+                        (start, _snapshot(model)), None)
+    for step in (bar := tqdm(range(start, cfg.steps), desc="distill", disable=not (progress and main), initial=start,
+                             total=cfg.steps)):
         batch = _batches(requests, cfg, step)
         lo,hi = shard_bounds(len(batch))
         m = distill_step(model, tok, prompter, batch[lo:hi], cfg, opt, sched, step, prefix, scaler, first_row=lo)
@@ -291,10 +322,13 @@ def distill(model, tok, policy:Policy, rows:list[dict], cfg:DistillConfig|None=N
         report(history); _warn(history)
         bar.set_postfix(loss=f"{m['loss']:.4f}", len=f"{m['answer_tokens']:.0f}")
         if alarms and cfg.on_alarm == "stop": _restore(model, good[1]); kept = good[0]; break
-        if ckpt and main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps): save_checkpoint(model, opt, sched, step + 1, history, ckpt, cfg, scaler)
-        if (step + 1) % cfg.checkpoint_every == 0 and not any("alarms" in h for h in history): good = (step + 1, _snapshot(model))
+        if ckpt and main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            save_checkpoint(model, opt, sched, step + 1, history, ckpt, cfg, scaler)
+        if (step + 1) % cfg.checkpoint_every == 0 and not any("alarms" in h for h in history):
+            good = (step + 1, _snapshot(model))
         if callback and callback(m) is False: break
-    return DistillResult(list(rows), _summary(history, kept), _finish(model, history, cfg, out_dir, kept is not None), history)
+    return DistillResult(list(rows), _summary(history, kept), _finish(model, history, cfg, out_dir, kept is not None),
+                         history)
 
 # %% ../nbs/06_distill.ipynb #096d5b1d
 def distill_budget(run, policy) -> int:
@@ -309,8 +343,11 @@ def check_reporters(cfg:DistillConfig, policy=None):
         mod = dict(tensorboard="torch.utils.tensorboard", wandb="wandb").get(name)
         if mod is None: raise PolicyAlignError(f"report_to names {name!r}", "use 'tensorboard' and/or 'wandb'")
         try: importlib.import_module(mod)
-        except ImportError as e: raise PolicyAlignError(f"report_to={name} needs the {name} package", f"pip install {name}, or leave it out of report_to") from e
+        except ImportError as e: raise PolicyAlignError(f"report_to={name} needs the {name} package",
+                                                        f"pip install {name}, or leave it out of report_to") from e
 
-STAGE = Stage("distill", distill, DistillConfig, keeps=("metrics", "adapter"), rows="filtered", inputs=dict(watch="heldout"), budget=distill_budget,
+STAGE = Stage("distill", distill, DistillConfig, keeps=("metrics", "adapter"), rows="filtered",
+              inputs=dict(watch="heldout"), budget=distill_budget,
               volatile=("checkpoint_every", "keep_checkpoints", "report_to"), shared=True, prepare=prepare_checkpoints,
-              restore=restore_adapter, validate=check_reporters, about="on-policy self-distillation of the policy into the adapter")
+              restore=restore_adapter, validate=check_reporters,
+              about="on-policy self-distillation of the policy into the adapter")

@@ -14,7 +14,7 @@ from .rollout import context_length
 
 # %% auto #0
 __all__ = ['vllm_missing', 'import_vllm', 'checkpoint_name', 'lora_layers', 'active_adapters', 'merged_weights', 'weights_key',
-           'request_seeds', 'sampling_kwargs', 'engine_options', 'start_llm', 'VLLMEngine', 'start_engine',
+           'engine_seeds', 'sampling_kwargs', 'engine_options', 'start_llm', 'VLLMEngine', 'start_engine',
            'stop_engine']
 
 # %% ../nbs/02c_engine.ipynb #fb5a5639
@@ -94,7 +94,7 @@ def weights_key(model) -> tuple:
     return active, tuple((p.data_ptr(), p._version) for n,p in model.named_parameters() if used(n))
 
 # %% ../nbs/02c_engine.ipynb #56470875
-def request_seeds(n:int, temperature:float, seed:int|None=None, row_seeds:list[int]|None=None) -> list[int|None]:
+def engine_seeds(n:int, temperature:float, seed:int|None=None, row_seeds:list[int]|None=None) -> list[int|None]:
     "One seed per request: `row_seeds`; else drawn from (`seed`, place); else from torch's generator; None when greedy."
     if temperature <= 0: return [None] * n
     if row_seeds is not None:
@@ -184,7 +184,7 @@ def generate(self:VLLMEngine, model, tok, prompts:list[list[int]], max_new_token
     if seed is not None: torch.manual_seed(seed)                    # as transformers' path does
     eos = eos_ids(model, tok)
     kw = sampling_kwargs(eos, max_new_tokens, temperature, top_p, min_new_tokens)
-    params = [self.vllm.SamplingParams(**kw, seed=s) for s in request_seeds(len(prompts), temperature, seed, row_seeds)]
+    params = [self.vllm.SamplingParams(**kw, seed=s) for s in engine_seeds(len(prompts), temperature, seed, row_seeds)]
     outs = self.outputs(model, prompts, params, progress) if prompts else []
     rows = [_trim(list(o.outputs[0].token_ids), eos, tok.pad_token_id) for o in outs]
     answers,done = [a for a,_ in rows],[f for _,f in rows]

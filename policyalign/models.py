@@ -564,7 +564,8 @@ def nonfinite_error(model, input_ids, where:str) -> PolicyAlignError:
 
 # %% ../nbs/02_models.ipynb #6b8a0585
 def broken_logits(scores) -> bool:
-    "Do these logits show an overflow: NaN, +inf, or a row that is -inf everywhere? (A -inf on some tokens is how generation masks them.)"
+    ("Do these logits show an overflow: NaN, +inf, or a row that is -inf everywhere? (A -inf on some tokens is how "
+     "generation masks them.)")
     import torch
     return bool(torch.isnan(scores).any() or torch.isposinf(scores).any() or torch.isneginf(scores).all(-1).any())
 

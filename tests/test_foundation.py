@@ -71,3 +71,17 @@ def test_embedded_model_converts_safely_in_two_processes_at_once(tmp_path):
     folder = tmp_path/"models"/f"transformers{transformers.__version__.split('.')[0]}"
     assert (folder/"smollm2-135m"/"model.safetensors").exists()
     assert not [p.name for p in folder.iterdir() if ".tmp" in p.name]
+
+def test_adapter_start_depends_on_the_seed_alone(tmp_path):
+    "A fresh cache (the load converts the model first), a warm one, and two loads in one process: one adapter start."
+    import subprocess, sys
+    code = ("from policyalign.models import fingerprint, load_model\n"
+            "for seed in (0, 0, 1): print(fingerprint(load_model('smollm2-135m', seed=seed)[0]))")
+    env = {**os.environ, "POLICYALIGN_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    def prints():
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p.stdout.split()
+    fresh, warm = prints(), prints()
+    assert fresh == warm
+    assert fresh[0] == fresh[1] != fresh[2]          # the seed, and only the seed, decides

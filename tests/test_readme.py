@@ -14,7 +14,8 @@ def render_readme() -> str:
     parts = []
     for c in nb["cells"]:
         src = _text(c["source"]).strip()
-        if c["cell_type"] == "markdown": parts.append(src.replace("```{mermaid}", "```mermaid").replace("](images/", "](nbs/images/"))
+        if c["cell_type"] == "markdown": parts.append(src.replace("```{mermaid}", "```mermaid")
+                                  .replace("](images/", "](nbs/images/").replace("](results/", "](nbs/results/"))
         elif c["cell_type"] == "code" and not src.startswith("#|"):
             parts.append(f"```python\n{src}\n```")
             out = "".join(_text(o.get("text", "")) for o in c.get("outputs", []) if o.get("output_type") == "stream")
