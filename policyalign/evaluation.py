@@ -448,7 +448,8 @@ def _fmt(m):
 def _fmt_gain(g:dict|None) -> str:
     "The aligned model's paired improvement over the base (positive: better), with its interval."
     if g is None or g.get("aligned_gain") is None: return "–"
-    return f"{g['aligned_gain']:+.2f} [{g['aligned_gain_lo']:+.2f}, {g['aligned_gain_hi']:+.2f}]"
+    lo,mid,hi = (g[k] + 0.0 for k in ("aligned_gain_lo", "aligned_gain", "aligned_gain_hi"))   # + 0.0: no "-0.00"
+    return f"{mid:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 def _fmt_gap(g:dict|None) -> str:
     "Gap closed with its interval, or why it does not apply."

@@ -380,8 +380,8 @@ def shows(check:dict|None, ev:dict|None) -> str:
                    f"a ratio of {r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}].")
     if check and check["overall"]["verdict"] != "clear":
         out.append("A safety gain cannot show here, since the policy in the prompt does not clearly change this "
-                   "model's behaviour; it needs a model that follows its system prompt (1.5B and up, see the GPU "
-                   "tutorial).")
+                   "model's behaviour; it needs a model that follows its system prompt (on a CPU, "
+                   "--model qwen2.5-coder-0.5b; on a GPU, 1.5B and up, see the GPU tutorial).")
     return " ".join(out)
 
 # %% ../nbs/09_pipeline.ipynb #7ac12af4
