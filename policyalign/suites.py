@@ -11,8 +11,8 @@ from .core import PolicyAlignError, get_logger, read_json, read_jsonl, stable_ha
 
 # %% auto #0
 __all__ = ['HUB_MIRRORS', 'SUITE_KINDS', 'HELD_OUT_SPLITS', 'TRIDENT_FILES', 'SUITES', 'DOMAIN_SUITES', 'data_roots', 'data_root',
-           'data_file', 'read_rows', 'Suite', 'subsample', 'make_suite', 'load_strongreject', 'load_advbench',
-           'load_harmbench', 'load_xstest', 'load_synth', 'load_mmlu', 'load_gsm8k', 'load_trident',
+           'data_file', 'has_data', 'read_rows', 'Suite', 'subsample', 'make_suite', 'load_strongreject',
+           'load_advbench', 'load_harmbench', 'load_xstest', 'load_synth', 'load_mmlu', 'load_gsm8k', 'load_trident',
            'load_medsafetybench', 'load_suite']
 
 # %% ../nbs/07a_suites.ipynb #b8f65603
@@ -45,6 +45,10 @@ def data_file(*parts) -> Path:
     if p := next((r.joinpath(*parts) for r in roots if r.joinpath(*parts).exists()), None): return p
     raise PolicyAlignError(f"no benchmark file {'/'.join(parts)} in {', '.join(map(str, roots))}",
                            "set POLICYALIGN_DATA to the folder holding it, or pass a file path or hub id to the loader")
+
+def has_data(*parts) -> bool:
+    "Whether a folder of `data_roots` holds the benchmark file or folder `parts` (the sets the package does not ship)."
+    return any(r.joinpath(*parts).exists() for r in data_roots())
 
 # %% ../nbs/07a_suites.ipynb #27f1e9ee
 def _read_local(p:Path) -> list[dict]:
