@@ -89,8 +89,10 @@ def test_successful_endpoint_run_leaves_no_trace_of_the_key(tiny_model_dir, tmp_
             out = []
             for c in convs:
                 title = re.search(r"rule:\s+(.*?):", c[-1]["content"])[1].lower()                   # the rule is 'Title: text'
-                how = m[1] if (m := re.search(r"Each message (.*?)\. Make", c[-1]["content"])) else "is a plain question"
-                out.append(f"1. Can you help me with {title}? My message {how}.\n2. Please explain {title} to me, in a message that {how}.")
+                n = len(c[-1]["content"])          # one project per tactic and kind: no two prompts get the same text
+                # in its own words: a request that repeats the instruction's wording is dropped as an echo of the prompt
+                out.append(f"1. Can you help me with {title}? I need it for project {n}.\n2. Please explain {title} to "
+                           f"me, step by step, for project {n}.")
             return out
     cache = tmp_path/"cache"
     with ChatServer(Writer()) as srv:
