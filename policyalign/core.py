@@ -14,7 +14,7 @@ from fastcore.basics import patch
 __all__ = ['RUN_FILES', 'DATA_CARD', 'PolicyAlignError', 'get_logger', 'atomic_write', 'atomic_dir', 'write_json', 'read_json',
            'write_jsonl', 'read_jsonl', 'read_text_file', 'check_folder', 'JsonlCache', 'StageResult', 'request_texts',
            'check_fields', 'RunFile', 'run_file', 'data_card', 'write_data_card', 'Stage', 'set_seed', 'stable_hash',
-           'cache_dir', 'file_sha256']
+           'hash_seed', 'cache_dir', 'file_sha256']
 
 # %% ../nbs/00_core.ipynb #7e60d25d
 class PolicyAlignError(Exception):
@@ -379,6 +379,10 @@ def stable_hash(*parts, n:int=16) -> str:
     "A short hex digest of `parts` (JSON-serialised), stable across processes and machines."
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+def hash_seed(*parts) -> int:
+    "A random-generator seed from `parts`: the same in every process, batch and rerun."
+    return int(stable_hash(*parts), 16) % 2**31
 
 # %% ../nbs/00_core.ipynb #ca8d5f3d
 def cache_dir() -> Path:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
 from .core import (PolicyAlignError, Stage, StageResult, atomic_write, check_fields, get_logger, read_json,
-                              request_texts, run_file, set_seed, stable_hash, write_json, write_jsonl)
+                              request_texts, run_file, set_seed, write_json, write_jsonl,
+                             hash_seed)
 from .plots import plot_training, save_figure
 from .losses import *
 from .models import add_lora, compute_dtype
@@ -138,7 +139,7 @@ def ema_update(model, decay:float=0.99):
 def answer_seeds(cfg:DistillConfig, step:int, first_row:int, n:int) -> list[int]:
     ("The sampling seed of each answer of step `step`, from its place in the global batch: the same whichever process "
      "samples it.")
-    return [int(stable_hash("rollout", cfg.seed, step, first_row + i, j), 16) % 2**31
+    return [hash_seed("rollout", cfg.seed, step, first_row + i, j)
             for i in range(n) for j in range(cfg.samples)]
 
 def distill_step(model, tok, prompter:Prompter, requests:list[str], cfg:DistillConfig, opt, sched, step:int=0,

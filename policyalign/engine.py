@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, gc, logging, os, random, time
 import torch
 from fastcore.basics import patch
-from .core import PolicyAlignError, get_logger, stable_hash
+from .core import PolicyAlignError, get_logger, hash_seed
 from .models import Generation, _trim, compute_dtype, eos_ids, model_name
 from .parallel import world_size
 from .rollout import context_length
@@ -101,7 +101,7 @@ def engine_seeds(n:int, temperature:float, seed:int|None=None, row_seeds:list[in
         if len(row_seeds) != n:
             raise PolicyAlignError(f"{len(row_seeds)} row_seeds for {n} prompts", "pass one seed per prompt")
         return [int(s) for s in row_seeds]
-    if seed is not None: return [int(stable_hash("engine", seed, i), 16) % 2**31 for i in range(n)]
+    if seed is not None: return [hash_seed("engine", seed, i) for i in range(n)]
     return torch.randint(0, 2**31 - 1, (n,)).tolist()
 
 def sampling_kwargs(eos:set[int], max_new_tokens:int, temperature:float, top_p:float=1.0, min_new_tokens:int=0) -> dict:

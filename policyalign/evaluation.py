@@ -10,7 +10,8 @@ from pathlib import Path
 from fastcore.basics import patch
 from .core import (Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, check_folder,
                               get_logger, request_texts, run_file, set_seed, stable_hash, write_data_card, write_json,
-                              write_jsonl)
+                              write_jsonl,
+                             hash_seed)
 from .policy import Policy, Prompter
 from .suites import *
 from .judges import *
@@ -52,7 +53,7 @@ DECODINGS = ("greedy", "sampled")
 
 def request_seeds(requests:list[str], seed:int=0) -> list[int]:
     "One sampling seed per request, from its text and `seed`: the same whatever the batch, the variant or the rerun."
-    return [int(stable_hash("sample", seed, r), 16) % 2**31 for r in requests]
+    return [hash_seed("sample", seed, r) for r in requests]
 
 # %% ../nbs/07_evaluation.ipynb #efe2d5e0
 def _decoding(decoding:str, temperature:float, seed:int) -> dict:

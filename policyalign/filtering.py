@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 from .core import (Stage, JsonlCache, PolicyAlignError, StageResult, cache_dir, check_fields, get_logger,
-                              request_texts, run_file, set_seed, stable_hash, write_data_card, write_jsonl)
+                              request_texts, run_file, set_seed, stable_hash, write_data_card, write_jsonl,
+                             hash_seed)
 from .models import fingerprint
 from .plots import save_figure
 from .policy import Policy, Prompter
@@ -82,7 +83,7 @@ def _mean_std(xs): return (statistics.fmean(xs), statistics.pstdev(xs) if len(xs
 def sample_seeds(keys:list[str], samples:int) -> list[int]:
     ("One seed per answer to sample: from the request's cache key and the sample's index, so that a cached score "
      "can be reproduced alone.")
-    return [int(stable_hash(k, j), 16) % 2**31 for k in keys for j in range(samples)]
+    return [hash_seed(k, j) for k in keys for j in range(samples)]
 
 # %% ../nbs/04_filtering.ipynb #93c5fffa
 def _score_batch(model, tok, s_p, t_p, cfg, prefix, keys):

@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 from .core import (PolicyAlignError, StageResult, check_fields, get_logger, request_texts, run_file,
-                              stable_hash, write_data_card, write_json, write_jsonl)
+                              stable_hash, write_data_card, write_json, write_jsonl,
+                             hash_seed)
 from .policy import Policy, Rule, load_policy
 from .refusal import is_refusal
 from .compose import BENIGN_TACTIC, TACTICS, compose_requests, request_problem
@@ -210,7 +211,7 @@ def tiny(cls:SynthConfig, **kw) -> SynthConfig:
     return cls(**(dict(n_per_tactic=2, n_benign=2, max_new_tokens=96, max_attempts=2) | kw))
 
 # %% ../nbs/03_synthesis.ipynb #2e7b1dde
-def _call_seed(seed:int, rule_id:str, attempt:int) -> int: return int(stable_hash(seed, rule_id, attempt), 16) % 2**31
+def _call_seed(seed:int, rule_id:str, attempt:int) -> int: return hash_seed(seed, rule_id, attempt)
 
 def _accept(items:list[str], rule:Rule, echo_of:str, tally:Counter) -> list[str]:
     "The items that are requests aimed at `rule`; rejections counted by reason in `tally`."
