@@ -39,16 +39,20 @@ def data_root() -> Path:
     "The first benchmark folder `data_file` searches (the package's own sets, unless `$POLICYALIGN_DATA` is set)."
     return data_roots()[0]
 
+def _found(parts) -> Path|None:
+    "The first `r/parts` that exists, `r` going through `data_roots`."
+    return next((p for r in data_roots() if (p := r.joinpath(*parts)).exists()), None)
+
 def data_file(*parts) -> Path:
     "The benchmark file `parts` (e.g. 'xstest', 'xstest_prompts.csv') in the first folder of `data_roots` that has it."
+    if p := _found(parts): return p
     roots = data_roots()
-    if p := next((r.joinpath(*parts) for r in roots if r.joinpath(*parts).exists()), None): return p
     raise PolicyAlignError(f"no benchmark file {'/'.join(parts)} in {', '.join(map(str, roots))}",
                            "set POLICYALIGN_DATA to the folder holding it, or pass a file path or hub id to the loader")
 
 def has_data(*parts) -> bool:
     "Whether a folder of `data_roots` holds the benchmark file or folder `parts` (the sets the package does not ship)."
-    return any(r.joinpath(*parts).exists() for r in data_roots())
+    return _found(parts) is not None
 
 # %% ../nbs/07a_suites.ipynb #27f1e9ee
 def _read_local(p:Path) -> list[dict]:
